@@ -1,0 +1,138 @@
+"""The `tuneforge` command: train, validate, eval, compare, demo, data.
+
+User errors (`TuneforgeError`) print one clear message and exit with code 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from pathlib import Path
+
+from pipelines.errors import TuneforgeError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tuneforge", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train one recipe (also: accelerate launch ... -m pipelines.train RECIPE)")
+    t.add_argument("recipe")
+    t.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.max_steps=50")
+    t.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+
+    v = sub.add_parser("validate", help="schema, files and launch-config checks; trains nothing")
+    v.add_argument("recipes", nargs="+", help="recipe files, then optional section.key=value overrides")
+    v.add_argument("--launch-config", help="an accelerate config YAML to check the recipe against")
+
+    e = sub.add_parser("eval", help="score a run (or any model with --recipe) on its test split")
+    e.add_argument("target", help="a run folder, or a model (Hub id / local dir) with --recipe")
+    e.add_argument("--recipe", help="the recipe whose data and metrics to use")
+    e.add_argument("--out", help="run-like folder for a model's scores (default: runs/eval-<model>-<recipe>)")
+    e.add_argument("overrides", nargs="*")
+
+    c = sub.add_parser("compare", help="comparison tables across runs")
+    c.add_argument("runs_dirs", nargs="*", default=["runs"])
+    c.add_argument("--format", choices=["markdown", "csv", "html"], default="markdown")
+    c.add_argument("--out", help="write the table here instead of stdout")
+
+    d = sub.add_parser("demo", help="the Gradio app serving every run")
+    d.add_argument("runs_dir", nargs="?", default="runs")
+    d.add_argument("--host", default="127.0.0.1")
+    d.add_argument("--port", type=int, default=7860)
+    d.add_argument("--share", action="store_true", help="create a public Gradio share link (off by default)")
+
+    a = sub.add_parser("data", help="preview / export a built-in dataset")
+    a.add_argument("name")
+    a.add_argument("--limit", type=int, default=5)
+    a.add_argument("--split", default="train", choices=["train", "validation", "test"])
+    a.add_argument("--lang", default="de", help="gettext: target language")
+    a.add_argument("--out", help="write JSONL here instead of printing")
+    return p
+
+
+def cmd_train(args) -> int:
+    from pipelines import loop
+    from pipelines.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    run_dir = Path(recipe.output.dir) / recipe.run_name(args.recipe)
+    launch = "tuneforge train " + shlex.join([args.recipe, *args.overrides])
+    metrics = loop.train(recipe, run_dir, overwrite=args.overwrite, launch=launch)
+    if metrics.get("status") == "finished" and int(os.environ.get("RANK", "0")) == 0:
+        primary = metrics["primary_metric"]
+        base = (metrics.get("base_scores") or {}).get(primary)
+        shown = f"{primary} {metrics['scores'][primary]:.4g}" + (f" (base {base:.4g})" if base is not None else "")
+        print(f"{run_dir}: {shown}; {metrics['train']['seconds']:.0f} s, "
+              f"{metrics['train']['nonpad_tokens_per_s']:.0f} tokens/s")
+    return 0
+
+
+def cmd_validate(args) -> int:
+    from pipelines.validate import validate_many
+
+    recipes = [r for r in args.recipes if "=" not in r]
+    overrides = [r for r in args.recipes if "=" in r]
+    return validate_many(recipes, overrides, launch_config=args.launch_config)
+
+
+def cmd_eval(args) -> int:
+    from pipelines.evaluation import eval_main
+
+    return eval_main(args.target, recipe_path=args.recipe, out=args.out, overrides=args.overrides)
+
+
+def cmd_compare(args) -> int:
+    from eval.compare import compare_main
+
+    text = compare_main([Path(p) for p in args.runs_dirs], fmt=args.format, out=args.out)
+    if not args.out:
+        print(text)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from demo.app import launch
+
+    launch(args.runs_dir, host=args.host, port=args.port, share=args.share)
+    return 0
+
+
+def cmd_data(args) -> int:
+    import json
+
+    from pipelines.sources import load_source
+
+    ds = load_source(args.name, lang=args.lang)[args.split]
+    rows = ds.select(range(min(args.limit, len(ds))))
+    if args.out:
+        rows.to_json(args.out, lines=True, force_ascii=False)
+        print(f"wrote {len(rows)} rows of {args.name}/{args.split} to {args.out}")
+    else:
+        for row in rows:
+            print(json.dumps(row, ensure_ascii=False))
+        print(f"# {args.name}/{args.split}: {len(ds)} rows", file=sys.stderr)
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "validate": cmd_validate, "eval": cmd_eval, "compare": cmd_compare,
+            "demo": cmd_demo, "data": cmd_data}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `tuneforge` console script; returns the exit code."""
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except TuneforgeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

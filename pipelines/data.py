@@ -1,0 +1,164 @@
+"""Data: built-in offline corpora, local files or Hub datasets -> a `datasets.DatasetDict` (train/validation/test).
+
+Every split is deterministic (built-in sources split by a hash of a stable key; local files by a hash of the
+row) and every scored split carries a content fingerprint recorded with its scores.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from pathlib import Path
+
+import datasets
+
+from pipelines.errors import TuneforgeError
+from pipelines.recipe import DataConfig, SourceSpec
+from pipelines.sources import SOURCES, fingerprint, load_source, split_for_key
+
+SPLITS = ("train", "validation", "test")
+LOCAL_FORMATS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
+
+
+def source_kind(source: str) -> str:
+    """'builtin', 'local' or 'hub' for a recipe's `data.source` value."""
+    if source in SOURCES:
+        return "builtin"
+    if Path(source).suffix in LOCAL_FORMATS or Path(source).exists() or source.startswith((".", "/", "~")):
+        return "local"
+    return "hub"
+
+
+def check_source(spec: SourceSpec, field: str = "data.source") -> None:
+    """Cheap checks (no loading) that `validate` runs: the local file exists, the built-in name is known.
+
+    Raises:
+        TuneforgeError: a missing local file, or a name that looks like a misspelled built-in source.
+    """
+    kind = source_kind(spec.source)
+    if kind == "local" and not Path(spec.source).expanduser().exists():
+        raise TuneforgeError(f"{field}: {spec.source!r} does not exist; give a json/jsonl/csv/parquet/txt file")
+    if kind == "hub" and "/" not in spec.source:
+        close = difflib.get_close_matches(spec.source, list(SOURCES), n=1)
+        if close:
+            raise TuneforgeError(f"{field}: unknown source {spec.source!r}; did you mean {close[0]!r}?")
+
+
+def _load_local(path: Path) -> datasets.DatasetDict:
+    """One local file split deterministically by a hash of each row's content."""
+    builder = LOCAL_FORMATS.get(path.suffix)
+    if builder is None:
+        raise TuneforgeError(f"data.source: {str(path)!r} has an unknown format; use one of {sorted(LOCAL_FORMATS)}")
+    ds = datasets.load_dataset(builder, data_files=str(path), split="train")
+    keys = [json.dumps(row, sort_keys=True, default=str) for row in ds]
+    split_of = [split_for_key(k) for k in keys]
+    return datasets.DatasetDict(
+        {s: ds.select([i for i, name in enumerate(split_of) if name == s]) for s in SPLITS}
+    )
+
+
+def _load_hub(spec: SourceSpec, splits: dict[str, str]) -> datasets.DatasetDict:
+    """A Hub dataset (network); `params.name` selects a configuration."""
+    params = dict(spec.params)
+    name = params.pop("name", None)
+    loaded = datasets.load_dataset(spec.source, name, **params)
+    out = {}
+    for ours, theirs in splits.items():
+        if theirs not in loaded:
+            raise TuneforgeError(
+                f"data.splits.{ours}: {spec.source!r} has no split {theirs!r}; it has {sorted(loaded)}"
+            )
+        out[ours] = loaded[theirs]
+    return datasets.DatasetDict(out)
+
+
+def load_spec(spec: SourceSpec, splits: dict[str, str] | None = None) -> datasets.DatasetDict:
+    """Load one source into train/validation/test.
+
+    Raises:
+        TuneforgeError: unknown built-in name, missing host corpus, missing file, missing column.
+    """
+    check_source(spec)
+    kind = source_kind(spec.source)
+    if kind == "builtin":
+        dd = load_source(spec.source, **{k: v for k, v in spec.params.items()})
+    elif kind == "local":
+        dd = _load_local(Path(spec.source).expanduser())
+    else:
+        dd = _load_hub(spec, splits or {s: s for s in SPLITS})
+    available = dd["train"].column_names
+    for role, cols in spec.columns.items():
+        for col in [cols] if isinstance(cols, str) else cols:
+            if col not in available:
+                close = difflib.get_close_matches(col, available, n=1)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                raise TuneforgeError(
+                    f"data.columns.{role}: column {col!r} not in {spec.source!r}; {hint}columns: {available}"
+                )
+    return dd
+
+
+def _documents(dd: datasets.DatasetDict, spec: SourceSpec) -> datasets.DatasetDict:
+    """Flatten the `text` role columns of a source into one `text` column of documents (pretraining corpora)."""
+    cols = spec.columns.get("text")
+    if cols is None:
+        raise TuneforgeError(f"data.mix: source {spec.source!r} needs columns.text (the column(s) holding text)")
+    cols = [cols] if isinstance(cols, str) else cols
+
+    def explode(batch: dict) -> dict:
+        return {"text": [t for c in cols for t in batch[c] if t and t.strip()]}
+
+    return datasets.DatasetDict(
+        {s: d.map(explode, batched=True, remove_columns=d.column_names) for s, d in dd.items()}
+    )
+
+
+def load_data(data: DataConfig) -> datasets.DatasetDict:
+    """Load the recipe's data with its `mix` and limits applied.
+
+    Without `mix`, rows keep the source's columns. With `mix`, every source contributes its `columns.text`
+    as documents and the result has a single `text` column (for pretraining corpora).
+
+    Returns:
+        DatasetDict with "train", "validation" and "test".
+
+    Raises:
+        TuneforgeError: any data problem, including an empty split after filtering and limits.
+    """
+    dd = load_spec(data, data.splits)
+    if data.mix:
+        parts = [_documents(dd, data)] + [_documents(load_spec(m, None), m) for m in data.mix]
+        dd = datasets.DatasetDict({s: datasets.concatenate_datasets([p[s] for p in parts]) for s in SPLITS})
+    limits = {"train": data.train_limit, "validation": data.validation_limit, "test": data.test_limit}
+    out = {}
+    for split in SPLITS:
+        ds = dd[split]
+        if limits[split] is not None and len(ds) > limits[split]:
+            ds = ds.select(range(limits[split]))
+        if len(ds) == 0:
+            raise TuneforgeError(
+                f"data: the {split} split of {data.source!r} is empty after filtering; "
+                "check data.source/params or the limits"
+            )
+        out[split] = ds
+    return datasets.DatasetDict(out)
+
+
+def dataset_info(name: str, split: str, ds: datasets.Dataset) -> dict:
+    """The dataset identity recorded with every score: name, split, example count, fingerprint."""
+    return {"name": name, "split": split, "num_examples": len(ds), "fingerprint": fingerprint(ds)}
+
+
+def dataset_name(data: DataConfig) -> str:
+    """A readable dataset name including parameters and mixed-in sources, e.g. `gettext(lang=de)`."""
+    def one(spec: SourceSpec) -> str:
+        params = ",".join(f"{k}={v}" for k, v in sorted(spec.params.items()))
+        return f"{spec.source}({params})" if params else spec.source
+
+    return "+".join([one(data)] + [one(m) for m in data.mix])
+
+
+def cache_key(*parts: object) -> str:
+    """A short stable hash for caching tokenized datasets."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -1,0 +1,397 @@
+"""The one training loop, for every task family, on one CPU, one GPU or many processes through Accelerate.
+
+Read top to bottom: set up the run folder, data, model (+ LoRA), optimizer; score the base; train with
+token-weighted gradient accumulation; checkpoint; save; score the finetuned model; write metrics.json.
+Only the main process writes files. Mixed precision comes from the launch config (`accelerate launch`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import resource
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration, set_seed
+from tqdm.auto import tqdm
+
+from pipelines import data as data_lib
+from pipelines import modeling, runs
+from pipelines.errors import TuneforgeError
+from pipelines.recipe import Recipe
+from pipelines.scoring import ScoreContext, Scored, example_losses, perplexity, write_jsonl
+from pipelines.tasks import Task, get_task
+
+# ---------------------------------------------------------------------------------------------------------------
+# Batches: a global micro-batch schedule that does not depend on the number of processes
+
+
+class StepBatches:
+    """Which examples each process trains on at each optimizer step.
+
+    Each epoch the training examples are shuffled with `seed + epoch`; with length grouping they are cut into
+    mega-batches of 64 micro-batches, sorted by length inside each (longest first) so a micro-batch holds
+    similar lengths (little padding). The epoch's micro-batches form one global list; optimizer step s uses the
+    next `accumulation * world_size` of them and process r takes every world_size-th one. The global batch of a
+    step is therefore the same whether it runs as 2 processes x 1 micro-batch or 1 process x 2 micro-batches,
+    and a resumed run continues at exactly the step it stopped at. Incomplete steps at an epoch's end are
+    dropped so no process ever sees a duplicated batch.
+    """
+
+    def __init__(self, lengths: list[int], micro_batch: int, accumulation: int, world: int, rank: int,
+                 seed: int, group_by_length: bool):
+        self.lengths = np.asarray(lengths)
+        self.micro_batch, self.accumulation, self.world, self.rank = micro_batch, accumulation, world, rank
+        self.seed, self.group_by_length = seed, group_by_length
+        self.per_step = accumulation * world
+        self.steps_per_epoch = (len(lengths) // micro_batch) // self.per_step
+        if self.steps_per_epoch == 0:
+            raise TuneforgeError(
+                f"train.micro_batch_size: {len(lengths)} training examples cannot fill one global batch of "
+                f"{micro_batch} x {accumulation} accumulation x {world} processes; lower the batch or add data"
+            )
+        self._cache: tuple[int, list[list[int]]] | None = None
+
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        if self._cache and self._cache[0] == epoch:
+            return self._cache[1]
+        order = np.random.default_rng(self.seed + epoch).permutation(len(self.lengths))
+        if self.group_by_length:
+            mega = self.micro_batch * 64
+            chunks = [order[i : i + mega] for i in range(0, len(order), mega)]
+            order = np.concatenate([c[np.argsort(-self.lengths[c], kind="stable")] for c in chunks])
+        n = self.steps_per_epoch * self.per_step * self.micro_batch
+        batches = [order[i : i + self.micro_batch].tolist() for i in range(0, n, self.micro_batch)]
+        self._cache = (epoch, batches)
+        return batches
+
+    def for_step(self, step: int) -> list[list[int]]:
+        """The `accumulation` micro-batches (example indices) this process trains on at optimizer step `step`."""
+        epoch, within = divmod(step, self.steps_per_epoch)
+        batches = self.epoch_batches(epoch)[within * self.per_step : (within + 1) * self.per_step]
+        return batches[self.rank :: self.world]
+
+
+def lr_lambda(step: int, warmup: int, total: int, schedule: str) -> float:
+    """Multiplier of the peak learning rate: linear warmup, then cosine / linear decay to 0, or constant.
+
+    Cosine decay as in Loshchilov & Hutter 2017 (SGDR) without restarts, the schedule GPT-style pretraining uses.
+    """
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 0.5 * (1 + math.cos(math.pi * progress)) if schedule == "cosine" else 1.0 - progress
+
+
+def make_optimizer(model: torch.nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
+    """AdamW (Loshchilov & Hutter 2019); no weight decay on biases and norms (1-D parameters), as in nanoGPT."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": recipe.train.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=recipe.train.learning_rate, betas=recipe.train.adam_betas)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak GPU memory allocated, or the process's peak resident memory on CPU (ru_maxrss, KiB on Linux)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Setup
+
+
+@dataclass
+class Prepared:
+    """A model ready to train with its tokenizer and tokenized splits."""
+
+    task: Task
+    model: torch.nn.Module
+    tokenizer: object
+    data: datasets.DatasetDict  # raw rows
+    features: dict[str, datasets.Dataset]  # tokenized rows per split
+
+
+def build(recipe: Recipe, run_dir: Path, accelerator: Accelerator, mode: str) -> Prepared:
+    """Load data, the tokenizer (training one for scratch models) and the model, then wrap it with LoRA."""
+    task = get_task(recipe.task)
+    missing = [r for r in task.roles if r not in recipe.data.columns]
+    if missing:
+        raise TuneforgeError(
+            f"data.columns: task {task.name!r} needs role(s) {missing}, e.g. data.columns.{missing[0]}=COLUMN"
+        )
+    data = data_lib.load_data(recipe.data)
+    model_dir = run_dir / "model"
+    if recipe.model.scratch is not None:
+        from pipelines import scratch
+
+        if accelerator.is_main_process and mode == "fresh":
+            texts = data["train"].select(range(min(len(data["train"]), recipe.model.scratch.tokenizer_max_texts)))
+            column = "text" if recipe.data.mix else recipe.data.columns["text"]
+            tokenizer = scratch.train_tokenizer((t for t in texts[column] if t), recipe.model.scratch)
+            tokenizer.save_pretrained(model_dir)
+        accelerator.wait_for_everyone()
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    else:
+        tokenizer = modeling.load_tokenizer(recipe.model.base)
+    model_kwargs = {}
+    if task.prepare is not None:
+        data, model_kwargs = task.prepare(recipe, data, tokenizer)
+    set_seed(recipe.train.seed)  # identical initial weights on every process and every resume
+    if recipe.model.scratch is not None:
+        from pipelines import scratch
+
+        config = scratch.build_config(recipe.model.scratch, tokenizer)
+        config._attn_implementation = recipe.model.attn_implementation
+        model = task.auto_model.from_config(config)
+    else:
+        model = modeling.load_model(
+            recipe.model.base, task.auto_model, attn_implementation=recipe.model.attn_implementation, **model_kwargs
+        )
+    if recipe.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if recipe.lora is not None:
+            model.enable_input_require_grads()  # LoRA + checkpointing: frozen embeddings need grad-carrying inputs
+    if recipe.lora is not None:
+        model = modeling.apply_lora(model, recipe.lora, task.peft_task_type)
+    elif recipe.train.trainable == "head":
+        modeling.freeze_all_but_head(model)
+    features = {s: tokenize_cached(task, data[s], tokenizer, recipe, s) for s in data}
+    return Prepared(task, model, tokenizer, data, features)
+
+
+def tokenize_cached(task: Task, rows: datasets.Dataset, tokenizer, recipe: Recipe, split: str) -> datasets.Dataset:
+    """Tokenize a split; `datasets` keeps the result in memory (built-in corpora are small)."""
+    return task.tokenize(rows, tokenizer, recipe, split)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Scoring
+
+
+def score(prep: Prepared, recipe: Recipe, accelerator: Accelerator, model) -> Scored:
+    """The task's scores on the test split for `model` (finetuned or base)."""
+    ctx = ScoreContext(
+        accelerator=accelerator, model=model, tokenizer=prep.tokenizer, recipe=recipe, rows=prep.data["test"],
+        features=prep.features["test"], task=prep.task, batch_size=recipe.eval.batch_size,
+    )
+    return prep.task.score(ctx)
+
+
+def validation_loss(prep: Prepared, recipe: Recipe, accelerator: Accelerator, model) -> dict[str, float]:
+    ctx = ScoreContext(
+        accelerator=accelerator, model=model, tokenizer=prep.tokenizer, recipe=recipe, rows=prep.data["validation"],
+        features=prep.features["validation"], task=prep.task, batch_size=recipe.eval.batch_size,
+    )
+    scores = perplexity(*example_losses(ctx))
+    return {"eval_loss": scores["loss"], "eval_perplexity": scores["perplexity"]}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The loop
+
+
+def train(recipe: Recipe, run_dir: Path, *, overwrite: bool = False, launch: str = "") -> dict:
+    """Train (or resume) one run end to end and write its run folder.
+
+    Args:
+        recipe: the resolved recipe.
+        run_dir: `runs/<name>`; must not hold a run unless `overwrite` or `train.resume=auto`.
+        overwrite: replace an existing run folder.
+        launch: the command line, recorded in the model card.
+
+    Returns:
+        The metrics dict written to metrics.json (on every process).
+
+    Raises:
+        TuneforgeError: any user-fixable problem, before anything on disk is changed.
+    """
+    cfg = recipe.train
+    accelerator = Accelerator(
+        log_with="tensorboard",
+        project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "tensorboard")),
+        step_scheduler_with_optimizer=False,
+    )
+    main = accelerator.is_main_process
+    mode = runs.check_run_dir(run_dir, overwrite=overwrite, resume=cfg.resume)
+    accelerator.wait_for_everyone()
+    if main and mode == "fresh":
+        runs.clear_run_dir(run_dir)
+        run_dir.mkdir(parents=True)
+        (run_dir / "recipe.yaml").write_text(recipe.to_yaml())
+    accelerator.wait_for_everyone()
+
+    set_seed(cfg.seed)
+    prep = build(recipe, run_dir, accelerator, mode)
+    model = prep.model
+    params = modeling.count_parameters(model)
+    optimizer = make_optimizer(model, recipe)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_lambda(s, cfg.warmup_steps, cfg.max_steps, cfg.lr_schedule)
+    )
+    model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.register_for_checkpointing(scheduler)
+    batches = StepBatches(
+        prep.features["train"]["length"], cfg.micro_batch_size, cfg.gradient_accumulation_steps,
+        accelerator.num_processes, accelerator.process_index, cfg.seed, cfg.group_by_length,
+    )
+    train_features = prep.features["train"]
+
+    start_step, base_scored = 0, None
+    if mode == "resume":
+        last = runs.checkpoint_dirs(run_dir)[-1]
+        accelerator.load_state(str(last))
+        start_step = int(last.name.removeprefix("step_"))
+        base_scored = runs.read_metrics(run_dir) or {}
+    elif recipe.eval.score_base and recipe.model.scratch is None:
+        # Score the base before training: for LoRA this equals the adapter-disabled model, for full/head
+        # finetuning it is the only moment the base weights are in memory.
+        result = score(prep, recipe, accelerator, model)
+        base_scored = {"base_scores": result.scores}
+        if main:
+            runs.write_json(run_dir / "metrics.json", {"status": "running", **base_scored})
+    accelerator.init_trackers("tb", config={"recipe_hash": recipe.hash()})
+
+    model.train()
+    device = accelerator.device
+    log_loss = torch.zeros((), device=device, dtype=torch.float64)
+    log_targets = torch.zeros((), device=device, dtype=torch.float64)
+    tokens = nonpad = examples = 0
+    train_seconds = 0.0
+    last_loss = float("nan")
+    stop_at = min(cfg.max_steps, cfg.stop_after_steps or cfg.max_steps)
+    bar = tqdm(total=cfg.max_steps, initial=start_step, disable=not main, desc=run_dir.name, dynamic_ncols=True)
+    collate = prep.task.collate
+    for step in range(start_step, stop_at):
+        t0 = time.perf_counter()
+        micro = [collate([train_features[i] for i in b], tokenizer=prep.tokenizer, recipe=recipe)
+                 for b in batches.for_step(step)]
+        # Token-weighted loss: every target token of the global batch (all micro-batches, all processes) has the
+        # same weight, so accumulation equals the full batch. DDP averages gradients over processes, hence the
+        # factor num_processes. This is Accelerate's documented recipe for variable-size batches
+        # ("Gradient accumulation ... on training samples of variable size"); we skip `accumulate()` because its
+        # 1/accumulation loss scaling would be wrong for a global-count normaliser.
+        local_targets = sum(int(prep.task.num_targets(b)) for b in micro)
+        global_targets = local_targets
+        if accelerator.num_processes > 1:
+            global_targets = int(accelerator.reduce(torch.tensor(local_targets, device=device), "sum"))
+        for i, batch in enumerate(micro):
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            last_micro = i == len(micro) - 1
+            with accelerator.no_sync(model) if not last_micro else contextlib.nullcontext():
+                nll, _ = prep.task.loss(model, batch)
+                total = nll.sum()
+                accelerator.backward(total * accelerator.num_processes / global_targets)
+            log_loss += total.detach().double()
+            tokens += batch["input_ids"].numel()
+            nonpad += int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
+            examples += batch["input_ids"].size(0)
+        log_targets += local_targets
+        if cfg.max_grad_norm is not None:
+            accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        train_seconds += time.perf_counter() - t0
+        done = step + 1
+        bar.update(1)
+
+        if done % cfg.log_every == 0 or done == stop_at:
+            # One host sync per log line, not per step.
+            sums = accelerator.reduce(torch.stack([log_loss, log_targets]), "sum")
+            last_loss = float(sums[0] / sums[1].clamp(min=1))
+            log_loss.zero_()
+            log_targets.zero_()
+            row = {"step": done, "loss": last_loss, "lr": scheduler.get_last_lr()[0], "seconds": train_seconds,
+                   "tokens": tokens * accelerator.num_processes}
+            bar.set_postfix(loss=f"{last_loss:.4f}")
+            if main:
+                runs.append_log(run_dir, row)
+                accelerator.log({"train/loss": last_loss, "train/lr": row["lr"]}, step=done)
+        if cfg.eval_every and done % cfg.eval_every == 0 and done != cfg.max_steps:
+            val = validation_loss(prep, recipe, accelerator, model)
+            if main:
+                runs.append_log(run_dir, {"step": done, **val})
+                accelerator.log({"eval/loss": val["eval_loss"]}, step=done)
+        if (cfg.save_every and done % cfg.save_every == 0) or done == stop_at:
+            save_checkpoint(accelerator, run_dir, done, cfg.keep_checkpoints)
+    bar.close()
+
+    if stop_at < cfg.max_steps:
+        accelerator.end_training()
+        return {"status": "stopped", "step": stop_at}
+
+    unwrapped = accelerator.unwrap_model(model)
+    if main:
+        unwrapped.save_pretrained(run_dir / "model", safe_serialization=True)
+        prep.tokenizer.save_pretrained(run_dir / "model")
+    val = validation_loss(prep, recipe, accelerator, model)
+    result = score(prep, recipe, accelerator, model)
+    ntok = tokens * accelerator.num_processes
+    nonpad_all = nonpad * accelerator.num_processes
+    metrics = {
+        "schema": 1,
+        "run": run_dir.name,
+        "status": "finished",
+        "task": recipe.task,
+        "method": recipe.method,
+        "base_model": recipe.model.base or f"scratch:{recipe.model.scratch.architecture}",
+        "primary_metric": prep.task.primary_metric,
+        "greater_is_better": prep.task.greater_is_better,
+        "dataset": data_lib.dataset_info(data_lib.dataset_name(recipe.data), "test", prep.data["test"]),
+        "metric_settings": result.settings,
+        "scores": result.scores,
+        "base_scores": (base_scored or {}).get("base_scores"),
+        "validation": val,
+        "train": {
+            "steps": cfg.max_steps,
+            "examples": examples * accelerator.num_processes,
+            "tokens": ntok,
+            "nonpad_tokens": nonpad_all,
+            "padding_fraction": 1 - nonpad_all / max(ntok, 1),
+            "seconds": train_seconds,
+            "tokens_per_s": ntok / max(train_seconds, 1e-9),
+            "nonpad_tokens_per_s": nonpad_all / max(train_seconds, 1e-9),
+            "examples_per_s": examples * accelerator.num_processes / max(train_seconds, 1e-9),
+            "peak_memory_mb": peak_memory_mb(device),
+            "final_loss": last_loss,
+            "processes": accelerator.num_processes,
+            "mixed_precision": accelerator.mixed_precision,
+            "resumed_from_step": start_step or None,
+        },
+        "params": params,
+        "seed": cfg.seed,
+        "recipe_hash": recipe.hash(),
+        "versions": runs.versions(),
+    }
+    if main:
+        if result.predictions:
+            write_jsonl(run_dir / "predictions.jsonl", result.predictions)
+        runs.write_json(run_dir / "metrics.json", metrics)
+        (run_dir / "README.md").write_text(runs.model_card(recipe, metrics, launch))
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return metrics
+
+
+def save_checkpoint(accelerator: Accelerator, run_dir: Path, step: int, keep: int) -> None:
+    """Accelerate state (model, optimizer, scheduler, RNG of every process) at `checkpoints/step_<N>`."""
+    accelerator.save_state(str(run_dir / runs.CHECKPOINTS / f"step_{step}"))
+    if accelerator.is_main_process:
+        for old in runs.checkpoint_dirs(run_dir)[:-keep]:
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()

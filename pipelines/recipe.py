@@ -1,0 +1,319 @@
+"""Recipe schema: YAML -> typed config, `section.key=value` overrides, one error listing every problem.
+
+A recipe is strict: unknown keys, wrong types and impossible values are all reported together, each with the
+field, the value and the fix (did-you-mean for misspelled keys), in one `TuneforgeError` (exit code 2).
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pipelines.errors import TuneforgeError
+
+TaskName = Literal["causal_lm", "seq2seq", "denoising", "classification", "chat"]
+
+
+class _Section(BaseModel):
+    """Base for every recipe section: unknown keys are errors, never silently dropped."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ScratchConfig(_Section):
+    """A model pretrained from scratch: its architecture and the BPE tokenizer trained for it.
+
+    Sizes are tiny on purpose (CPU); the names follow the Hugging Face configs they fill.
+    """
+
+    architecture: Literal["gpt2", "bart"]
+    vocab_size: int = Field(8192, ge=256, le=262144, description="BPE vocabulary size, special tokens included")
+    min_frequency: int = Field(2, ge=1, description="minimum pair count for a BPE merge")
+    tokenizer_max_texts: int = Field(200_000, ge=100, description="training texts used to learn the BPE merges")
+    context_length: int = Field(256, ge=8, description="n_positions / max_position_embeddings, in tokens")
+    hidden_size: int = Field(256, ge=8, description="n_embd / d_model")
+    layers: int = Field(4, ge=1, description="decoder layers (GPT-2); encoder and decoder layers each (BART)")
+    heads: int = Field(4, ge=1, description="attention heads; must divide hidden_size")
+    ffn_size: int | None = Field(None, ge=8, description="feed-forward width; default 4 x hidden_size")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> ScratchConfig:
+        if self.hidden_size % self.heads:
+            raise ValueError(f"heads={self.heads} must divide hidden_size={self.hidden_size}")
+        return self
+
+
+class ModelConfig(_Section):
+    """The base checkpoint: a Hub id, a local directory, a finished run folder or a built-in alias."""
+
+    base: str | None = Field(None, description="Hub id, local dir, run folder, or builtin:minilm-l6")
+    scratch: ScratchConfig | None = None
+    gradient_checkpointing: bool = False
+    attn_implementation: Literal["sdpa", "eager"] = "sdpa"
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelConfig:
+        if (self.base is None) == (self.scratch is None):
+            raise ValueError("set exactly one of model.base (a checkpoint) or model.scratch (pretrain from scratch)")
+        return self
+
+
+class LoraConfig(_Section):
+    """LoRA (Hu et al. 2021, arXiv:2106.09685) through PEFT. A recipe without `lora:` finetunes fully."""
+
+    r: int = Field(8, ge=1, description="LoRA rank")
+    alpha: float = Field(16, gt=0, description="scaling numerator: update is (alpha / r) * B @ A (rsLoRA: sqrt(r))")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: Literal["auto"] | list[str] = "auto"
+    modules_to_save: Literal["auto"] | list[str] = "auto"
+    use_dora: bool = False
+    use_rslora: bool = False
+    bias: Literal["none", "all", "lora_only"] = "none"
+
+
+class SourceSpec(_Section):
+    """One data source: a built-in corpus, a Hub dataset id or a local json/jsonl/csv/parquet/txt file."""
+
+    source: str
+    params: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    columns: dict[str, str | list[str]] = Field(
+        default_factory=dict, description="task role -> column name(s), e.g. {prompt: name_line, text: description}"
+    )
+
+
+class DataConfig(SourceSpec):
+    """Where the examples come from and how they become token sequences."""
+
+    mix: list[SourceSpec] = Field(default_factory=list, description="more corpora added to every split (pretraining)")
+    splits: dict[Literal["train", "validation", "test"], str] = Field(
+        default_factory=lambda: {"train": "train", "validation": "validation", "test": "test"}
+    )
+    max_length: int = Field(256, ge=8, description="input tokens per example (or per packed window)")
+    target_max_length: int = Field(64, ge=1, description="target tokens per example (seq2seq)")
+    packing: bool = Field(False, description="causal LM: concatenate documents and cut fixed windows (no padding)")
+    train_limit: int | None = Field(None, ge=1, description="use the first N training examples (after shuffling)")
+    validation_limit: int | None = Field(None, ge=1)
+    test_limit: int | None = Field(None, ge=1, description="score the first N test examples (deterministic)")
+    top_k_labels: int | None = Field(None, ge=2, description="classification: keep the K most frequent labels")
+    other_labels: Literal["drop", "other"] = "drop"
+
+
+class GenerationSettings(_Section):
+    """Decoding settings for generation-based evaluation and the demo (never a library default length)."""
+
+    max_new_tokens: int = Field(64, ge=1)
+    num_beams: int = Field(1, ge=1)
+    length_penalty: float = 1.0
+    no_repeat_ngram_size: int = Field(0, ge=0)
+    do_sample: bool = False
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+
+
+class TrainConfig(_Section):
+    """Optimisation: AdamW with linear warmup then cosine/linear decay, clipping, accumulation, checkpoints."""
+
+    seed: int = 0
+    max_steps: int = Field(100, ge=1, description="optimizer steps")
+    micro_batch_size: int = Field(8, ge=1, description="examples per process per forward pass")
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    learning_rate: float = Field(3e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = Field(0, ge=0)
+    lr_schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    trainable: Literal["all", "head"] = Field("all", description="head: train only the task head (linear probe)")
+    group_by_length: bool = True
+    log_every: int = Field(10, ge=1)
+    eval_every: int = Field(0, ge=0, description="validation loss every N steps (0: at the end only)")
+    save_every: int = Field(0, ge=0, description="Accelerate checkpoint every N steps (0: final only)")
+    keep_checkpoints: int = Field(2, ge=1)
+    resume: Literal["auto", "never"] = Field("never", description="auto: continue from the latest checkpoint")
+    stop_after_steps: int | None = Field(None, ge=1, description="stop (checkpointed) after N steps, to resume later")
+
+
+class EvalConfig(_Section):
+    """Final scoring on the test split, for the finetuned model and (optionally) its base."""
+
+    batch_size: int = Field(16, ge=1)
+    score_base: bool = True
+    generate: bool = Field(True, description="generation-based metrics (seq2seq, chat)")
+    generation: GenerationSettings = Field(default_factory=GenerationSettings)
+
+
+class ChatConfig(_Section):
+    """Chat SFT: template and which tokens carry the loss."""
+
+    template: Literal["tokenizer", "chatml"] = "chatml"
+    loss_on: Literal["assistant", "last_assistant", "all"] = "assistant"
+    system_prompt: str | None = None
+
+
+class OutputConfig(_Section):
+    dir: str = "runs"
+    name: str | None = Field(None, description="run folder name; default: the recipe file's stem")
+
+
+class Recipe(_Section):
+    """A whole run: what to train, on what, how, and where it goes."""
+
+    task: TaskName
+    model: ModelConfig
+    lora: LoraConfig | None = None
+    data: DataConfig
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    chat: ChatConfig | None = None
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    description: str | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Recipe:
+        problems = []
+        if self.model.scratch is not None and self.lora is not None:
+            problems.append("lora: a model pretrained from scratch trains in full; remove the lora section")
+        if self.lora is not None and self.train.trainable == "head":
+            problems.append("train.trainable: 'head' (linear probe) and a lora section exclude each other")
+        if self.chat is not None and self.task != "chat":
+            problems.append(f"chat: only used with task: chat (task is {self.task!r})")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def method(self) -> str:
+        """lora | full | head | scratch, as comparison tables show it."""
+        if self.model.scratch is not None:
+            return "scratch"
+        if self.lora is not None:
+            return "lora"
+        return "head" if self.train.trainable == "head" else "full"
+
+    def run_name(self, recipe_path: str | Path | None = None) -> str:
+        if self.output.name:
+            return self.output.name
+        if recipe_path is None:
+            raise TuneforgeError("output.name: not set and no recipe file to take it from; add output.name")
+        return Path(recipe_path).stem
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    def hash(self) -> str:
+        """sha256 of the resolved recipe (everything that defines the run), as recorded in metrics.json."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return "sha256:" + hashlib.sha256(blob).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Loading, overrides and error formatting
+
+
+def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
+    """The field names valid at `loc` (a pydantic error location), for did-you-mean suggestions."""
+    cls: Any = model
+    for part in loc[:-1]:
+        if isinstance(part, int) or cls is None:
+            continue
+        field = getattr(cls, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        cls = _section_class(field.annotation)
+    return list(getattr(cls, "model_fields", {}))
+
+
+def _section_class(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _section_class(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _format_error(err: dict, raw: dict) -> str:
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-after")))
+    path = ".".join(str(p) for p in loc) or "recipe"
+    value = err.get("input")
+    if err["type"] == "extra_forbidden":
+        known = _fields_at(Recipe, loc)
+        close = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.6)
+        hint = f"did you mean '{'.'.join(str(p) for p in loc[:-1] + (close[0],))}'?" if close else ""
+        return f"{path}: unknown key. {hint or 'Known keys here: ' + ', '.join(known)}".rstrip()
+    if err["type"] == "missing":
+        return f"{path}: required, not set"
+    shown = json.dumps(value) if isinstance(value, (str, int, float, bool)) or value is None else type(value).__name__
+    msg = err["msg"].removeprefix("Value error, ")
+    return f"{path}: {msg} (got {shown})"
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    """Turn `section.key=value` strings into a nested dict; values are parsed as YAML (`1e-4`, `true`, `[a, b]`).
+
+    Raises:
+        TuneforgeError: an override without `=` or with an empty key.
+    """
+    nested: dict = {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or any(not p for p in key.split(".")):
+            raise TuneforgeError(f"override {item!r}: expected section.key=value, e.g. train.max_steps=50")
+        node = nested
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise TuneforgeError(f"override {item!r}: {part} is set twice, once as a value")
+        node[parts[-1]] = yaml.safe_load(value) if value.strip() else ""
+    return nested
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def build_recipe(raw: dict, overrides: list[str] | None = None, *, origin: str = "recipe") -> Recipe:
+    """Validate a raw recipe dict (plus overrides) into a `Recipe`.
+
+    Raises:
+        TuneforgeError: every schema problem at once, one per line, each naming field, value and fix.
+    """
+    if not isinstance(raw, dict):
+        raise TuneforgeError(f"{origin}: expected a YAML mapping of sections (task, model, data, ...)")
+    merged = _merge(raw, parse_overrides(overrides or []))
+    try:
+        return Recipe.model_validate(merged)
+    except ValidationError as exc:
+        lines = [_format_error(e, merged) for e in exc.errors()]
+        raise TuneforgeError(f"{origin}: {len(lines)} problem(s):\n  " + "\n  ".join(lines)) from None
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read a recipe YAML file and apply `section.key=value` overrides.
+
+    Raises:
+        TuneforgeError: missing file, YAML syntax error, or schema problems (all listed together).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise TuneforgeError(f"recipe {str(path)!r}: no such file; recipes live under recipes/ (e.g. recipes/gpt/)")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise TuneforgeError(f"recipe {str(path)!r}: not valid YAML: {exc}") from None
+    return build_recipe(raw, overrides, origin=str(path))

@@ -1,0 +1,186 @@
+"""The run folder: the contract between training, eval, compare and demo (see docs/run-folder.md).
+
+`runs/<name>/` holds recipe.yaml, model/, metrics.json, log.jsonl, predictions.jsonl, README.md and
+checkpoints/. Everything after training reads only this folder; nothing is parsed from folder names.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import yaml
+
+from pipelines.errors import TuneforgeError
+from pipelines.recipe import Recipe, build_recipe
+
+CHECKPOINTS = "checkpoints"
+VERSIONED = ("tuneforge", "torch", "transformers", "tokenizers", "datasets", "peft", "accelerate", "evaluate")
+
+
+def versions() -> dict[str, str]:
+    """Library versions recorded with every score."""
+    out = {"python": platform.python_version()}
+    for name in VERSIONED:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def read_metrics(run_dir: Path) -> dict | None:
+    path = Path(run_dir) / "metrics.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def is_finished(run_dir: Path) -> bool:
+    metrics = read_metrics(run_dir)
+    return bool(metrics) and metrics.get("status") == "finished"
+
+
+def checkpoint_dirs(run_dir: Path) -> list[Path]:
+    """Accelerate checkpoints `checkpoints/step_<N>` sorted by step."""
+    root = Path(run_dir) / CHECKPOINTS
+    found = [p for p in root.glob("step_*") if p.is_dir() and p.name.removeprefix("step_").isdigit()]
+    return sorted(found, key=lambda p: int(p.name.removeprefix("step_")))
+
+
+def check_run_dir(run_dir: Path, *, overwrite: bool, resume: str) -> str:
+    """Decide what to do with an existing run folder, before anything is written.
+
+    Returns:
+        "fresh" (start a new run; an existing folder will be replaced only with overwrite) or "resume".
+
+    Raises:
+        TuneforgeError: the folder holds a finished run or an unfinished one with checkpoints, and the user
+            asked neither `--overwrite` nor `train.resume=auto`.
+    """
+    run_dir = Path(run_dir)
+    if overwrite or not run_dir.exists() or not any(run_dir.iterdir()):
+        return "fresh"
+    if resume == "auto":
+        if is_finished(run_dir):
+            raise TuneforgeError(
+                f"train.resume: {str(run_dir)!r} already finished; nothing to resume. Use --overwrite to retrain"
+            )
+        return "resume" if checkpoint_dirs(run_dir) else "fresh"
+    what = "a finished run" if is_finished(run_dir) else "an unfinished run"
+    raise TuneforgeError(
+        f"output: {str(run_dir)!r} already holds {what}; pass --overwrite to replace it, train.resume=auto to "
+        "continue it, or output.name=NEW to write elsewhere"
+    )
+
+
+def clear_run_dir(run_dir: Path) -> None:
+    if Path(run_dir).exists():
+        shutil.rmtree(run_dir)
+
+
+def write_json(path: Path, obj: dict) -> None:
+    """Write JSON atomically (temp file + rename) so readers never see half a file."""
+    tmp = Path(path).with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+    tmp.replace(path)
+
+
+def append_log(run_dir: Path, row: dict) -> None:
+    with open(Path(run_dir) / "log.jsonl", "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def read_log(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / "log.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def load_run_recipe(run_dir: Path) -> Recipe:
+    """The resolved recipe saved in a run folder.
+
+    Raises:
+        TuneforgeError: not a run folder.
+    """
+    path = Path(run_dir) / "recipe.yaml"
+    if not path.is_file():
+        raise TuneforgeError(f"{str(run_dir)!r} is not a run folder (no recipe.yaml); give runs/<name>")
+    return build_recipe(yaml.safe_load(path.read_text()), origin=str(path))
+
+
+@dataclass
+class RunInfo:
+    """A finished run as the demo and compare see it."""
+
+    path: Path
+    name: str
+    task: str
+    base_model: str
+    method: str
+    primary_metric: str
+    primary_score: float | None
+    metrics: dict
+
+    @property
+    def label(self) -> str:
+        score = "" if self.primary_score is None else f", {self.primary_metric} {self.primary_score:.4g}"
+        return f"{self.name} ({self.task}, {self.method} on {self.base_model}{score})"
+
+
+def list_runs(root: str | Path) -> list[RunInfo]:
+    """Every finished run folder directly under `root` (or `root` itself), sorted by name."""
+    root = Path(root)
+    candidates = [root] if (root / "metrics.json").is_file() else sorted(p for p in root.iterdir() if p.is_dir())
+    out = []
+    for path in candidates:
+        metrics = read_metrics(path)
+        if not metrics or metrics.get("status") != "finished" or not (path / "model").is_dir():
+            continue
+        primary = metrics.get("primary_metric", "")
+        out.append(
+            RunInfo(
+                path=path,
+                name=metrics.get("run", path.name),
+                task=metrics.get("task", "?"),
+                base_model=str(metrics.get("base_model", "?")),
+                method=metrics.get("method", "?"),
+                primary_metric=primary,
+                primary_score=(metrics.get("scores") or {}).get(primary),
+                metrics=metrics,
+            )
+        )
+    return out
+
+
+def model_card(recipe: Recipe, metrics: dict, launch: str) -> str:
+    """README.md for the run folder: what it is, how it was made, its scores, how to load it."""
+    scores = metrics.get("scores") or {}
+    base_scores = metrics.get("base_scores") or {}
+    lines = [
+        f"# {metrics['run']}",
+        "",
+        f"{recipe.description or ''}".strip(),
+        "",
+        f"- task: `{recipe.task}`; method: `{recipe.method}`; base: `{metrics['base_model']}`",
+        f"- data: `{metrics['dataset']['name']}` split `{metrics['dataset']['split']}` "
+        f"({metrics['dataset']['num_examples']} examples, fingerprint `{metrics['dataset']['fingerprint']}`)",
+        f"- trained {metrics['train']['steps']} steps in {metrics['train']['seconds']:.1f} s; "
+        f"parameters trainable/total: {metrics['params']['trainable']:,}/{metrics['params']['total']:,}",
+        f"- made with: `{launch}`",
+        "",
+        "| metric | this run | base |",
+        "|---|---|---|",
+    ]
+    for key, value in scores.items():
+        if isinstance(value, (int, float)):
+            base = base_scores.get(key)
+            lines.append(f"| {key} | {value:.4g} | {'' if base is None else f'{base:.4g}'} |")
+    load = (
+        "from peft import AutoPeftModel\nmodel = AutoPeftModel.from_pretrained('model')"
+        if recipe.lora
+        else "from transformers import AutoModel\nmodel = AutoModel.from_pretrained('model')"
+    )
+    lines += ["", "Load it:", "", "```python", load, "```", ""]
+    return "\n".join(lines)

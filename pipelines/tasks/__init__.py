@@ -1,0 +1,64 @@
+"""Task families: one small module each (plain functions plus the `Task` record), in a literal registry.
+
+A task turns rows into token tensors (`tokenize`, `collate`), defines the training loss as per-example sums
+(`loss`), and scores a model on the test split (`score`). The shared loop in `pipelines.loop` does the rest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import datasets
+import torch
+
+
+@dataclass(frozen=True)
+class Task:
+    """What the shared loop needs to know about a task family.
+
+    Attributes:
+        name: the recipe's `task` value.
+        auto_model: the transformers Auto class that loads the model (e.g. `AutoModelForCausalLM`).
+        peft_task_type: PEFT's `TaskType` name for LoRA (e.g. "CAUSAL_LM").
+        roles: data.columns roles the recipe must map (e.g. ("text",)); `optional_roles` may be mapped.
+        primary_metric / greater_is_better: how comparison tables rank runs.
+        tokenize: (rows, tokenizer, recipe, split) -> Dataset with `input_ids`, `labels` and `length`.
+        collate: (features, tokenizer, recipe) -> batch of padded tensors.
+        loss: (model, batch) -> (per-example summed loss [B] in nats, per-example target count [B]).
+        num_targets: (batch) -> number of loss targets in the batch, computed on the host before the forward.
+        score: (ScoreContext) -> Scored (scores, metric settings, predictions).
+        prepare: (recipe, data, tokenizer) -> (data, from_pretrained kwargs); label maps, chat templates.
+    """
+
+    name: str
+    auto_model: Any
+    peft_task_type: str
+    roles: tuple[str, ...]
+    primary_metric: str
+    greater_is_better: bool
+    tokenize: Callable[..., datasets.Dataset]
+    collate: Callable[..., dict[str, torch.Tensor]]
+    loss: Callable[..., tuple[torch.Tensor, torch.Tensor]]
+    num_targets: Callable[[dict], int]
+    score: Callable[..., Any]
+    optional_roles: tuple[str, ...] = ()
+    prepare: Callable[..., tuple[datasets.DatasetDict, dict]] | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def get_task(name: str) -> Task:
+    """The registered task called `name` (the recipe schema already restricts names)."""
+    from pipelines.tasks import causal_lm
+
+    registry = {"causal_lm": causal_lm.TASK}
+    for optional in ("seq2seq", "denoising", "classification", "chat"):
+        try:
+            module = __import__(f"pipelines.tasks.{optional}", fromlist=["TASK"])
+        except ModuleNotFoundError:
+            continue
+        registry[optional] = module.TASK
+    if name not in registry:
+        raise KeyError(name)
+    return registry[name]

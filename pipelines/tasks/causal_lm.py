@@ -1,0 +1,158 @@
+"""Causal language modelling (GPT-style): pretraining on packed windows, or prompt -> continuation finetuning.
+
+Two ways to build examples, chosen by the recipe:
+
+* `data.packing: true` (pretraining): documents are tokenized, joined with the end-of-text token and cut into
+  fixed windows of `data.max_length` tokens; every position is a target, no step computes padding.
+* otherwise: one example per row, `[BOS] prompt "\\n" text EOS`; prompt tokens (and BOS) are -100 so the loss
+  is on the continuation only; the real EOS keeps its label so the model learns to stop.
+
+Labels are stored unshifted (aligned with `input_ids`); the loss shifts by one, as transformers' models do.
+"""
+
+from __future__ import annotations
+
+import datasets
+import torch
+import torch.nn.functional as F
+from transformers import AutoModelForCausalLM
+
+from pipelines.recipe import Recipe
+from pipelines.scoring import ScoreContext, Scored, example_losses, perplexity
+from pipelines.tasks import Task
+
+IGNORE = -100
+PAD_MULTIPLE = 8  # tensor-core friendly shapes on GPUs; costs < 8 tokens per row
+
+
+def _texts(rows: dict, role: str, recipe: Recipe) -> list[str]:
+    return [t or "" for t in rows[recipe.data.columns[role]]] if recipe.data.mix == [] else rows["text"]
+
+
+def pack_windows(token_lists: list[list[int]], eos_id: int, window: int) -> list[list[int]]:
+    """Concatenate documents, each followed by EOS, and cut into full windows of `window` tokens.
+
+    The tail shorter than a window is dropped (as transformers' run_clm example does), so every window is
+    full and no padding is ever computed.
+
+    Args:
+        token_lists: token ids per document, without special tokens.
+        eos_id: the end-of-text id appended after each document.
+        window: tokens per window.
+
+    Returns:
+        List of windows, each exactly `window` ids.
+    """
+    stream = [t for ids in token_lists for t in (*ids, eos_id)]
+    return [stream[i : i + window] for i in range(0, len(stream) - window + 1, window)]
+
+
+def prompt_example(prompt_ids: list[int], text_ids: list[int], bos_id: int | None, eos_id: int, max_length: int):
+    """One finetuning example: ids = [BOS] + prompt + text + [EOS], labels -100 on BOS and prompt.
+
+    Truncation keeps the prompt and cuts the continuation (EOS is kept only when the whole text fits).
+
+    Returns:
+        (input_ids, labels), both length <= max_length.
+    """
+    head = ([bos_id] if bos_id is not None else []) + prompt_ids
+    tail = text_ids + [eos_id]
+    ids = (head + tail)[:max_length]
+    labels = ([IGNORE] * len(head) + tail)[:max_length]
+    return ids, labels
+
+
+def tokenize(rows: datasets.Dataset, tokenizer, recipe: Recipe, split: str) -> datasets.Dataset:
+    """Rows -> `input_ids`, `labels` (unshifted, -100 where no loss) and `length`."""
+    data = recipe.data
+    eos = tokenizer.eos_token_id
+    # Exactly one BOS: we tokenize with add_special_tokens=False and prepend the tokenizer's BOS ourselves. For
+    # GPT-2 style tokenizers that is the end-of-text token, which also precedes every document in pretraining.
+    bos = tokenizer.bos_token_id
+
+    def packed(batch: dict) -> dict:
+        ids = tokenizer(_texts(batch, "text", recipe), add_special_tokens=False)["input_ids"]
+        windows = pack_windows(ids, eos, data.max_length)
+        return {"input_ids": windows, "labels": windows, "length": [len(w) for w in windows]}
+
+    def prompted(batch: dict) -> dict:
+        texts = tokenizer(_texts(batch, "text", recipe), add_special_tokens=False)["input_ids"]
+        if "prompt" in data.columns:
+            prompts = [p + "\n" for p in _texts(batch, "prompt", recipe)]
+            prompts = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+        else:
+            prompts = [[] for _ in texts]
+        out = {"input_ids": [], "labels": [], "length": []}
+        for p, t in zip(prompts, texts, strict=True):
+            ids, labels = prompt_example(p, t, bos, eos, data.max_length)
+            out["input_ids"].append(ids)
+            out["labels"].append(labels)
+            out["length"].append(len(ids))
+        return out
+
+    fn = packed if data.packing else prompted
+    return rows.map(fn, batched=True, batch_size=1000, remove_columns=rows.column_names, desc=f"tokenize {split}")
+
+
+def collate(features: list[dict], tokenizer, recipe: Recipe) -> dict[str, torch.Tensor]:
+    """Right-pad to the longest row rounded up to a multiple of 8; pad labels are -100, mask 0.
+
+    Returns:
+        input_ids, attention_mask, labels: [B, T] int64.
+    """
+    width = max(len(f["input_ids"]) for f in features)
+    width = -(-width // PAD_MULTIPLE) * PAD_MULTIPLE
+    pad = tokenizer.pad_token_id
+    ids = torch.full((len(features), width), pad, dtype=torch.long)
+    labels = torch.full((len(features), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(features), width), dtype=torch.long)
+    for i, f in enumerate(features):
+        n = len(f["input_ids"])
+        ids[i, :n] = torch.tensor(f["input_ids"])
+        labels[i, :n] = torch.tensor(f["labels"])
+        mask[i, :n] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-example summed next-token cross-entropy (nats) and target counts.
+
+    Position t predicts token t+1: logits[:, :-1] against labels[:, 1:], -100 ignored. Summing (not
+    averaging) lets the loop weight every token equally across micro-batches and processes.
+
+    Returns:
+        (nll [B] float32, count [B] int64)
+    """
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    targets = batch["labels"][:, 1:]
+    nll = F.cross_entropy(
+        logits[:, :-1].float().reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE, reduction="none"
+    ).view(targets.shape)
+    return nll.sum(dim=1), (targets != IGNORE).sum(dim=1)
+
+
+def num_targets(batch: dict[str, torch.Tensor]) -> int:
+    """Target tokens in a batch: labels after the one-token shift that are not -100."""
+    return int((batch["labels"][:, 1:] != IGNORE).sum())
+
+
+def score(ctx: ScoreContext) -> Scored:
+    """Perplexity over the whole test split (continuation tokens only when prompts are masked)."""
+    nll, n = example_losses(ctx)
+    return Scored(scores=perplexity(nll, n), settings={"perplexity": {"unit": "per token, nats -> exp"}})
+
+
+TASK = Task(
+    name="causal_lm",
+    auto_model=AutoModelForCausalLM,
+    peft_task_type="CAUSAL_LM",
+    roles=("text",),
+    optional_roles=("prompt",),
+    primary_metric="perplexity",
+    greater_is_better=False,
+    tokenize=tokenize,
+    collate=collate,
+    loss=loss,
+    num_targets=num_targets,
+    score=score,
+)
