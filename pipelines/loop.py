@@ -339,6 +339,8 @@ def train(recipe: Recipe, run_dir: Path, *, overwrite: bool = False, launch: str
     if main:
         unwrapped.save_pretrained(run_dir / "model", safe_serialization=True)
         prep.tokenizer.save_pretrained(run_dir / "model")
+        if prep.task.on_save is not None:
+            prep.task.on_save(run_dir / "model", unwrapped, prep.tokenizer, recipe)
     val = validation_loss(prep, recipe, accelerator, model)
     result = score(prep, recipe, accelerator, model)
     ntok = tokens * accelerator.num_processes

@@ -75,8 +75,15 @@ def load_tokenizer(base: str) -> PreTrainedTokenizerBase:
     return tok
 
 
-def load_model(base: str, auto_class, **kwargs) -> PreTrainedModel:
-    """Load a base checkpoint with `auto_class`; LoRA runs used as bases are merged into their base.
+def load_model(base: str, auto_class, *, merge: bool = True, **kwargs) -> PreTrainedModel:
+    """Load a checkpoint with `auto_class`; a LoRA run loads as its base plus the adapter.
+
+    Args:
+        base: Hub id, local directory, run folder or alias (see `resolve_base`).
+        auto_class: e.g. `AutoModelForCausalLM`.
+        merge: merge a LoRA adapter into the base weights (for use as a new base); False keeps the
+            `PeftModel` (exactly the trained computation, for eval and the demo).
+        **kwargs: passed to `from_pretrained` (e.g. `num_labels`, `attn_implementation`).
 
     Raises:
         TuneforgeError: the path does not exist, or the checkpoint cannot be loaded for this task.
@@ -84,9 +91,12 @@ def load_model(base: str, auto_class, **kwargs) -> PreTrainedModel:
     path = resolve_base(base)
     try:
         if is_adapter(path):
-            cfg = json.loads((Path(path) / "adapter_config.json").read_text())
-            inner = load_model(cfg["base_model_name_or_path"], auto_class, **kwargs)
-            return PeftModel.from_pretrained(inner, path).merge_and_unload()
+            adapter = json.loads((Path(path) / "adapter_config.json").read_text())
+            if (Path(path) / "config.json").is_file():  # e.g. a classifier's label maps, saved with the adapter
+                kwargs.setdefault("config", AutoConfig.from_pretrained(path))
+            inner = load_model(adapter["base_model_name_or_path"], auto_class, **kwargs)
+            peft = PeftModel.from_pretrained(inner, path)
+            return peft.merge_and_unload() if merge else peft
         return auto_class.from_pretrained(path, trust_remote_code=False, use_safetensors=True, **kwargs)
     except (OSError, ValueError) as exc:
         if isinstance(exc, TuneforgeError):

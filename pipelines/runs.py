@@ -110,6 +110,28 @@ def load_run_recipe(run_dir: Path) -> Recipe:
     return build_recipe(yaml.safe_load(path.read_text()), origin=str(path))
 
 
+def load_run_model(run_dir: str | Path):
+    """A finished run's model exactly as trained (LoRA adapters kept unmerged), its tokenizer, recipe and task.
+
+    Returns:
+        (recipe, task, model in eval mode, tokenizer)
+
+    Raises:
+        TuneforgeError: not a run folder, or the run has no saved model (training did not finish).
+    """
+    from pipelines import modeling
+    from pipelines.tasks import get_task
+
+    run_dir = Path(run_dir)
+    recipe = load_run_recipe(run_dir)
+    if not (run_dir / "model").is_dir():
+        raise TuneforgeError(f"{str(run_dir)!r} has no model/: training did not finish; train or resume it first")
+    task = get_task(recipe.task)
+    tokenizer = modeling.load_tokenizer(str(run_dir / "model"))
+    model = modeling.load_model(str(run_dir / "model"), task.auto_model, merge=False)
+    return recipe, task, model.eval(), tokenizer
+
+
 @dataclass
 class RunInfo:
     """A finished run as the demo and compare see it."""

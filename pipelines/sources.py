@@ -231,7 +231,13 @@ def _write_cache(folder: Path, dd: datasets.DatasetDict, stats: dict) -> None:
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".tmp-", dir=folder.parent))
-        dd.save_to_disk(str(tmp / "dataset"))
+        bars_were_on = not datasets.utils.are_progress_bars_disabled()
+        datasets.utils.disable_progress_bars()  # Three "Saving the dataset" bars per load are noise in logs.
+        try:
+            dd.save_to_disk(str(tmp / "dataset"))
+        finally:
+            if bars_were_on:
+                datasets.utils.enable_progress_bars()
         (tmp / "stats.json").write_text(json.dumps(stats, indent=1, sort_keys=True))
         try:
             tmp.rename(folder)

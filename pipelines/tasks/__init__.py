@@ -30,6 +30,7 @@ class Task:
         num_targets: (batch) -> number of loss targets in the batch, computed on the host before the forward.
         score: (ScoreContext) -> Scored (scores, metric settings, predictions).
         prepare: (recipe, data, tokenizer) -> (data, from_pretrained kwargs); label maps, chat templates.
+        on_save: (model_dir, unwrapped model, tokenizer, recipe) -> None; extra files for the saved model.
     """
 
     name: str
@@ -45,6 +46,7 @@ class Task:
     score: Callable[..., Any]
     optional_roles: tuple[str, ...] = ()
     prepare: Callable[..., tuple[datasets.DatasetDict, dict]] | None = None
+    on_save: Callable[..., None] | None = None
     extra: dict = field(default_factory=dict)
 
 
