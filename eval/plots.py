@@ -1,0 +1,147 @@
+"""PNG plots for run folders and comparison reports (matplotlib, headless Agg backend)."""
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on training machines; must precede pyplot
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from sklearn.metrics import confusion_matrix  # noqa: E402
+
+from pipelines.errors import TuneforgeError  # noqa: E402
+
+
+def confusion_matrix_png(
+    y_true: Sequence[int], y_pred: Sequence[int], label_names: Sequence[str], path: str | Path
+) -> Path:
+    """Draws a row-normalised confusion matrix.
+
+    Rows are true classes and sum to 1 (recall on the diagonal), so rare classes are as readable as common ones.
+    The figure grows with the number of classes and cells are annotated up to 25 classes, so 20 classes stay
+    legible.
+
+    Args:
+        y_true: true class ids in ``range(len(label_names))``.
+        y_pred: predicted class ids, same length.
+        label_names: class names, indexed by class id.
+        path: the PNG file to write (parent folders are created).
+
+    Returns:
+        The path written.
+    """
+    n = len(label_names)
+    # normalize="true": divide each row by its support; rows with no examples stay 0 instead of NaN.
+    matrix = confusion_matrix(y_true, y_pred, labels=list(range(n)), normalize="true")
+    size = max(4.0, 0.45 * n + 2.0)
+    fig, ax = plt.subplots(figsize=(size + 1.0, size))
+    image = ax.imshow(matrix, cmap="Blues", vmin=0.0, vmax=1.0)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of true class")
+    ax.set_xticks(range(n), labels=label_names, rotation=60, ha="right", fontsize=8 if n > 10 else 10)
+    ax.set_yticks(range(n), labels=label_names, fontsize=8 if n > 10 else 10)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if n <= 25:
+        for i in range(n):
+            for j in range(n):
+                value = matrix[i, j]
+                if value >= 0.005:  # blank zeros keep a 20x20 grid readable
+                    color = "white" if value > 0.5 else "black"
+                    ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7 if n > 10 else 9, color=color)
+    ax.set_title(f"Confusion matrix (rows normalised, n={len(y_true)})")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def loss_curve_png(log_jsonl_path: str | Path, path: str | Path) -> Path:
+    """Plots training loss (and eval loss, when logged) against the optimizer step.
+
+    Args:
+        log_jsonl_path: a run's ``log.jsonl``: one JSON object per line with ``step`` and ``loss`` and/or
+            ``eval_loss`` (nats/token).
+        path: the PNG file to write.
+
+    Returns:
+        The path written.
+
+    Raises:
+        TuneforgeError: the log is missing or has no loss values.
+    """
+    log_jsonl_path = Path(log_jsonl_path)
+    if not log_jsonl_path.is_file():
+        raise TuneforgeError(f"no training log at {log_jsonl_path}")
+    train, evals = [], []
+    for line in log_jsonl_path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a run killed mid-write leaves a truncated last line; the rest is still worth plotting
+        if not isinstance(record, dict) or "step" not in record:
+            continue
+        if _finite(record.get("loss")):
+            train.append((record["step"], record["loss"]))
+        if _finite(record.get("eval_loss")):
+            evals.append((record["step"], record["eval_loss"]))
+    if not train and not evals:
+        raise TuneforgeError(f"{log_jsonl_path} has no 'loss' or 'eval_loss' values to plot")
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if train:
+        ax.plot(*zip(*train, strict=True), label="train loss", color="tab:blue", linewidth=1.2)
+    if evals:
+        ax.plot(*zip(*evals, strict=True), label="eval loss", color="tab:orange", marker="o", linewidth=1.5)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats/token)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(log_jsonl_path.parent.name)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def bar_chart(
+    labels: Sequence[str], values: Sequence[float], highlight: Sequence[bool], title: str, xlabel: str, path
+):
+    """Draws horizontal bars, one per label, highlighted ones in a contrasting colour.
+
+    Args:
+        labels: bar labels, top to bottom.
+        values: bar lengths; NaN for a missing value (drawn as an empty slot).
+        highlight: True for bars to emphasise (the best run).
+        title: figure title.
+        xlabel: axis label, including units.
+        path: the PNG file to write.
+
+    Returns:
+        The path written.
+    """
+    n = len(labels)
+    fig, ax = plt.subplots(figsize=(7, max(2.0, 0.4 * n + 1.2)))
+    values = np.asarray(values, dtype=float)
+    colors = ["tab:orange" if h else "tab:blue" for h in highlight]
+    y = np.arange(n)
+    ax.barh(y, np.nan_to_num(values), color=colors)
+    ax.set_yticks(y, labels=labels, fontsize=8)
+    ax.invert_yaxis()  # first row (the best after sorting) on top, as in the tables
+    for yi, value in zip(y, values, strict=True):
+        if math.isfinite(value):
+            ax.text(value, yi, f" {value:.4g}", va="center", fontsize=8)
+    ax.set_xlabel(xlabel)
+    ax.set_title(title, fontsize=10)
+    ax.margins(x=0.15)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _finite(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)  # figures are global state in pyplot; close so long reports don't leak memory
+    return path
