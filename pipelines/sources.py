@@ -48,7 +48,7 @@ from pipelines.errors import TuneforgeError
 logger = logging.getLogger(__name__)
 
 # Bump when parsing changes what rows come out, so stale caches are not reused.
-PARSER_VERSION = 1
+PARSER_VERSION = 2
 SPLITS = ("train", "validation", "test")
 # Per-mille buckets of sha256(key): [0, 50) test, [50, 100) validation, the rest train.
 _TEST_PER_MILLE = 50
@@ -197,19 +197,45 @@ def _load(name: str, lang: str, root: str | Path | None) -> tuple[datasets.Datas
     inventory = source.inventory(root_path, lang)
     identity = [PARSER_VERSION, name, lang, str(root_path), inventory]
     key = hashlib.sha256(json.dumps(identity, default=str).encode("utf-8")).hexdigest()[:16]
-    folder = _cache_root() / f"{name}{'-' + lang if lang else ''}-{key}"
-    if (folder / "stats.json").is_file():
-        try:
-            return datasets.load_from_disk(str(folder / "dataset")), json.loads((folder / "stats.json").read_text())
-        except (OSError, ValueError) as err:  # A half-deleted or corrupt cache entry: rebuild it.
-            logger.warning("%s: ignoring unreadable cache %s (%s)", name, folder, err)
-    rows, stats = source.build(root_path, lang, inventory)
+    path = _cache_root() / f"{name}{'-' + lang if lang else ''}-{key}.json"
     columns = tuple(c.format(lang=lang) for c in source.columns)
+    cached = _read_cache(path)
+    if cached is not None:
+        rows, stats = cached
+    else:
+        rows, stats = source.build(root_path, lang, inventory)
+    # The cache holds the parsed rows, not Arrow files: splitting and sorting ~60k rows takes a fraction of a
+    # second, and the cached and the fresh result then come from the same code.
     dd = _assemble(rows, columns, source.split_key)
-    stats = {"source": name, **stats, "splits": {s: len(dd[s]) for s in SPLITS}}
-    _log_stats(stats)
-    _write_cache(folder, dd, stats)
+    if cached is None:
+        stats = {"source": name, **stats, "splits": {s: len(dd[s]) for s in SPLITS}}
+        _log_stats(stats)
+        _write_cache(path, rows, stats)
     return dd, stats
+
+
+def _read_cache(path: Path) -> tuple[list[dict], dict] | None:
+    """(rows, stats) from a cache file, or None when it is missing or unreadable (then the source is rebuilt)."""
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+        return payload["rows"], payload["stats"]
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError) as err:
+        logger.warning("ignoring unreadable cache %s (%s)", path, err)
+        return None
+
+
+def _write_cache(path: Path, rows: list[dict], stats: dict) -> None:
+    """Write the cache file atomically (temp file + rename) so a killed run never leaves half a file."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump({"stats": stats, "rows": rows}, fh, ensure_ascii=False)
+        os.replace(tmp, path)
+    except OSError as err:  # A read-only home must not stop training; it only costs a rebuild next time.
+        logger.warning("could not cache %s: %s", path, err)
 
 
 def _assemble(rows: list[dict], columns: tuple[str, ...], key_of: Callable[[dict], str]) -> datasets.DatasetDict:
@@ -224,27 +250,6 @@ def _assemble(rows: list[dict], columns: tuple[str, ...], key_of: Callable[[dict
         keyed.sort(key=lambda kr: kr[0])
         out[split] = datasets.Dataset.from_dict({c: [r[c] for _, r in keyed] for c in columns}, features=features)
     return datasets.DatasetDict(out)
-
-
-def _write_cache(folder: Path, dd: datasets.DatasetDict, stats: dict) -> None:
-    """Write the cache entry atomically (temp folder + rename) so a killed run never leaves half an entry."""
-    try:
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".tmp-", dir=folder.parent))
-        bars_were_on = not datasets.utils.are_progress_bars_disabled()
-        datasets.utils.disable_progress_bars()  # Three "Saving the dataset" bars per load are noise in logs.
-        try:
-            dd.save_to_disk(str(tmp / "dataset"))
-        finally:
-            if bars_were_on:
-                datasets.utils.enable_progress_bars()
-        (tmp / "stats.json").write_text(json.dumps(stats, indent=1, sort_keys=True))
-        try:
-            tmp.rename(folder)
-        except OSError:  # Another process cached the same entry first; theirs is identical.
-            shutil.rmtree(tmp, ignore_errors=True)
-    except OSError as err:  # A read-only home must not stop training; it only costs a rebuild next time.
-        logger.warning("could not cache %s: %s", folder, err)
 
 
 def _log_stats(stats: dict) -> None:
@@ -366,7 +371,7 @@ def _strip_comment(line: str) -> str:
 
 
 def _split_args(rest: str) -> list[str]:
-    """Split request arguments on blanks, honouring double quotes ("" inside quotes is a literal quote)."""
+    """Split request arguments on blanks, honouring double quotes ("" inside quotes is a literal quote) and `\\ `."""
     args, i, n = [], 0, len(rest)
     while i < n:
         while i < n and rest[i] in " \t":
@@ -390,7 +395,8 @@ def _split_args(rest: str) -> list[str]:
         else:
             j = i
             while j < n and rest[j] not in " \t":
-                j += 1
+                j += 2 if rest[j] == "\\" else 1  # "\ " is an escaped space inside the argument.
+            j = min(j, n)
             args.append(rest[i:j])
             i = j
     return args
@@ -948,10 +954,10 @@ def _pair_problem(en: str, target: str) -> str | None:
     """Why an (English, translation) pair is unusable, or None when it is fine."""
     if not target:
         return "empty translations"
-    if target == en:
-        return "untranslated entries (same as English)"
     if not any(ch.isalpha() for ch in _FORMAT_SPEC.sub("", en)):
         return "format/punctuation-only entries"
+    if target == en:
+        return "untranslated entries (same as English)"
     return None
 
 
@@ -978,7 +984,7 @@ def _available_languages(root: Path) -> list[str]:
     """Locale directories under root that hold at least one .mo catalog."""
     if not root.is_dir():
         return []
-    return sorted(p.parent.parent.name for p in root.glob("*/LC_MESSAGES") if any(p.glob("*.mo")))
+    return sorted(p.parent.name for p in root.glob("*/LC_MESSAGES") if any(p.glob("*.mo")))
 
 
 def _gettext_inventory(root: Path | None, lang: str) -> list[tuple]:
