@@ -37,8 +37,8 @@ class StepBatches:
     """Which examples each process trains on at each optimizer step.
 
     Each epoch the training examples are shuffled with `seed + epoch`; with length grouping they are cut into
-    mega-batches of 64 micro-batches, sorted by length inside each (longest first) so a micro-batch holds
-    similar lengths (little padding). The epoch's micro-batches form one global list; optimizer step s uses the
+    mega-batches of 16 global batches, sorted by length inside each (longest first) so a micro-batch holds
+    similar lengths (little padding), as transformers' LengthGroupedSampler does. The epoch's micro-batches form one global list; optimizer step s uses the
     next `accumulation * world_size` of them and process r takes every world_size-th one. The global batch of a
     step is therefore the same whether it runs as 2 processes x 1 micro-batch or 1 process x 2 micro-batches,
     and a resumed run continues at exactly the step it stopped at. Incomplete steps at an epoch's end are
@@ -64,7 +64,7 @@ class StepBatches:
             return self._cache[1]
         order = np.random.default_rng(self.seed + epoch).permutation(len(self.lengths))
         if self.group_by_length:
-            mega = self.micro_batch * 64
+            mega = self.micro_batch * self.per_step * 16  # depends only on the global batch size
             chunks = [order[i : i + mega] for i in range(0, len(order), mega)]
             order = np.concatenate([c[np.argsort(-self.lengths[c], kind="stable")] for c in chunks])
         n = self.steps_per_epoch * self.per_step * self.micro_batch
@@ -100,6 +100,23 @@ def make_optimizer(model: torch.nn.Module, recipe: Recipe) -> torch.optim.Optimi
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
     return torch.optim.AdamW(groups, lr=recipe.train.learning_rate, betas=recipe.train.adam_betas)
+
+
+def accumulation_steps(cfg, world: int) -> int:
+    """Micro-batches per process per optimizer step: the recipe's, or derived from `train.global_batch_size`.
+
+    Raises:
+        TuneforgeError: the global batch is not a multiple of micro_batch_size x processes.
+    """
+    if cfg.global_batch_size is None:
+        return cfg.gradient_accumulation_steps
+    per_pass = cfg.micro_batch_size * world
+    if cfg.global_batch_size % per_pass:
+        raise TuneforgeError(
+            f"train.global_batch_size: {cfg.global_batch_size} is not divisible by micro_batch_size "
+            f"{cfg.micro_batch_size} x {world} processes; pick a multiple of {per_pass}"
+        )
+    return cfg.global_batch_size // per_pass
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -179,6 +196,21 @@ def tokenize_cached(task: Task, rows: datasets.Dataset, tokenizer, recipe: Recip
     return task.tokenize(rows, tokenizer, recipe, split)
 
 
+def preflight(recipe: Recipe) -> None:
+    """`tuneforge validate`'s checks, run before anything is written.
+
+    Raises:
+        TuneforgeError: every problem found, one per line (a base that is not trained yet is one here).
+    """
+    from pipelines.validate import check_recipe
+
+    if recipe.model.base:
+        modeling.resolve_base(recipe.model.base)
+    report = check_recipe(recipe)
+    if report.errors:
+        raise TuneforgeError("\n".join(report.errors))
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Scoring
 
@@ -227,6 +259,7 @@ def train(recipe: Recipe, run_dir: Path, *, overwrite: bool = False, launch: str
         step_scheduler_with_optimizer=False,
     )
     main = accelerator.is_main_process
+    preflight(recipe)
     mode = runs.check_run_dir(run_dir, overwrite=overwrite, resume=cfg.resume)
     accelerator.wait_for_everyone()
     if main and mode == "fresh":
@@ -236,7 +269,12 @@ def train(recipe: Recipe, run_dir: Path, *, overwrite: bool = False, launch: str
     accelerator.wait_for_everyone()
 
     set_seed(cfg.seed)
-    prep = build(recipe, run_dir, accelerator, mode)
+    try:
+        prep = build(recipe, run_dir, accelerator, mode)
+    except TuneforgeError:
+        if main and mode == "fresh":  # leave no half-made folder that would block the corrected rerun
+            runs.clear_run_dir(run_dir)
+        raise
     model = prep.model
     params = modeling.count_parameters(model)
     optimizer = make_optimizer(model, recipe)
@@ -246,7 +284,7 @@ def train(recipe: Recipe, run_dir: Path, *, overwrite: bool = False, launch: str
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)
     batches = StepBatches(
-        prep.features["train"]["length"], cfg.micro_batch_size, cfg.gradient_accumulation_steps,
+        prep.features["train"]["length"], cfg.micro_batch_size, accumulation_steps(cfg, accelerator.num_processes),
         accelerator.num_processes, accelerator.process_index, cfg.seed, cfg.group_by_length,
     )
     train_features = prep.features["train"]

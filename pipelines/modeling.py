@@ -56,10 +56,19 @@ def resolve_base(base: str, field: str = "model.base") -> str:
 
 
 def producing_recipe_hint(base: str) -> str:
-    """'train it first with ...' when a shipped recipe writes the run folder `base`."""
+    """'Train it first: ...' when a shipped recipe under recipes/ writes the run folder `base`."""
+    import yaml
+
     name = Path(base).name
-    for recipe in sorted(Path("recipes").rglob(f"{name}.yaml")):
-        return f"Train it first: tuneforge train {recipe}"
+    for recipe in sorted(Path("recipes").rglob("*.yaml")):
+        try:
+            raw = yaml.safe_load(recipe.read_text()) or {}
+        except yaml.YAMLError:
+            continue
+        output = raw.get("output") if isinstance(raw, dict) else None
+        if isinstance(output, dict) and output.get("name", recipe.stem) == name or recipe.stem == name:
+            if isinstance(raw, dict) and "task" in raw:
+                return f"Train it first: tuneforge train {recipe}"
     return "Give a Hub id, a local model directory or a finished run folder."
 
 

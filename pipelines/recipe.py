@@ -124,6 +124,9 @@ class TrainConfig(_Section):
     max_steps: int = Field(100, ge=1, description="optimizer steps")
     micro_batch_size: int = Field(8, ge=1, description="examples per process per forward pass")
     gradient_accumulation_steps: int = Field(1, ge=1)
+    global_batch_size: int | None = Field(
+        None, ge=1, description="examples per optimizer step over all processes; sets the accumulation at launch"
+    )
     learning_rate: float = Field(3e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     adam_betas: tuple[float, float] = (0.9, 0.999)
@@ -182,6 +185,8 @@ class Recipe(_Section):
             problems.append("lora: a model pretrained from scratch trains in full; remove the lora section")
         if self.lora is not None and self.train.trainable == "head":
             problems.append("train.trainable: 'head' (linear probe) and a lora section exclude each other")
+        if self.train.global_batch_size is not None and "gradient_accumulation_steps" in self.train.model_fields_set:
+            problems.append("train: set global_batch_size or gradient_accumulation_steps, not both")
         if self.chat is not None and self.task != "chat":
             problems.append(f"chat: only used with task: chat (task is {self.task!r})")
         if problems:
@@ -209,7 +214,9 @@ class Recipe(_Section):
 
     def hash(self) -> str:
         """sha256 of the resolved recipe (everything that defines the run), as recorded in metrics.json."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        # How a run is driven (resumed, stopped early, which folder) does not change what it computes.
+        spec = self.model_dump(mode="json", exclude={"train": {"resume", "stop_after_steps"}, "output": True})
+        blob = json.dumps(spec, sort_keys=True).encode()
         return "sha256:" + hashlib.sha256(blob).hexdigest()[:16]
 
 

@@ -1,0 +1,518 @@
+"""Chat SFT: finetune a decoder on whole conversations written with a chat template, loss on assistant turns.
+
+A conversation is the standard `messages` list of `{"role": "system" | "user" | "assistant", "content": str}`.
+It is rendered to ONE text by the tokenizer's chat template (`tokenizer.apply_chat_template`), tokenized without
+extra special tokens (exactly as `apply_chat_template(..., tokenize=True)` does), and labelled:
+
+* `chat.loss_on: assistant` (default): every assistant turn's content AND its end-of-turn token (ChatML's
+  `<|im_end|>`) keep their labels, so the model learns to answer and to stop. System and user turns, template
+  scaffolding (`<|im_start|>assistant\\n`, the newline after `<|im_end|>`), BOS and padding are -100.
+  `last_assistant` keeps only the final assistant turn; `all` keeps every token (a plain LM on the rendering).
+* Assistant spans come from rendering message prefixes (`messages[:k]` with the generation prompt, then
+  `messages[:k+1]`) and mapping those character spans onto token offsets. This works with ANY template that
+  renders prefixes as prefixes (ChatML, Llama 3, Qwen 2.5, Zephyr, ...) and never looks at token ids, so the
+  end-of-turn token keeps its label even when it doubles as the pad token (SmolLM2's tokenizer does that).
+  The same idea as transformers' `return_assistant_tokens_mask`, which only works for templates carrying
+  `{% generation %}` markers; the ChatML template installed here carries them too, and the two masks agree.
+
+Templates: `chat.template: tokenizer` uses the tokenizer's own template; `chatml` installs a ChatML template
+(OpenAI's format as used by Qwen and SmolLM2), adds `<|im_start|>`/`<|im_end|>` as special tokens when missing
+and renders the tokenizer's BOS once at the start. The loop grows the embeddings for added tokens and, under
+LoRA, trains just those rows (PEFT `trainable_token_indices`; the tied GPT-2 output head follows), and saves the
+tokenizer with the template into the run's `model/`, so plain `tokenizer.apply_chat_template` reproduces the
+training format at inference.
+
+Packing (`data.packing: true`, training split only): conversations are packed best-fit-decreasing into windows
+of `data.max_length` tokens with `position_ids` restarting at 0 for each conversation and NO 2-D attention mask,
+so transformers builds a block-diagonal causal mask from the position resets (its padding-free packing, the
+format of `DataCollatorWithFlattening`; it works with sdpa, eager and flash-attention). No token attends across
+conversations and GPT-2's absolute positions restart, so a packed batch gives the same loss as the unpacked one.
+Validation and test are never packed and always scored on assistant tokens, whatever `loss_on` trains on, so
+perplexities stay comparable across recipes.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator, Sequence
+
+import datasets
+import torch
+from transformers import AutoModelForCausalLM
+
+from pipelines.errors import TuneforgeError
+from pipelines.generation import decode, generate_ids, generation_config
+from pipelines.recipe import ChatConfig, GenerationSettings, Recipe
+from pipelines.scoring import ScoreContext, Scored, example_losses
+from pipelines.tasks import Task, causal_lm
+
+logger = logging.getLogger(__name__)
+
+IGNORE = causal_lm.IGNORE
+ROLES = ("system", "user", "assistant")
+IM_START, IM_END = "<|im_start|>", "<|im_end|>"
+# ChatML: `<|im_start|>{role}\n{content}<|im_end|>\n` per message, generation prompt `<|im_start|>assistant\n`.
+# BOS (when the tokenizer has one) is rendered once, first. `{% generation %}` marks what the assistant says
+# (content + <|im_end|>) for transformers' `return_assistant_tokens_mask`; it does not change the text.
+CHATML_TEMPLATE = (
+    "{%- if bos_token is defined and bos_token %}{{ bos_token }}{% endif %}"
+    "{%- for message in messages %}"
+    "{%- if message['role'] == 'assistant' %}"
+    "{{- '<|im_start|>assistant\\n' }}{% generation %}{{ message['content'] + '<|im_end|>' }}{% endgeneration %}"
+    "{{- '\\n' }}"
+    "{%- else %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+def chat_config(recipe: Recipe) -> ChatConfig:
+    """The recipe's `chat` section, or its defaults when the recipe has none."""
+    return recipe.chat if recipe.chat is not None else ChatConfig()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Template
+
+
+def install_chat_template(tokenizer, template: str) -> None:
+    """Give `tokenizer` the template the recipe asks for (in place).
+
+    Args:
+        tokenizer: a fast tokenizer; gains `<|im_start|>`/`<|im_end|>` (special, never split) and the ChatML
+            template for "chatml"; is checked for its own template for "tokenizer".
+        template: "chatml" or "tokenizer" (`chat.template`).
+
+    Raises:
+        TuneforgeError: "tokenizer" but the tokenizer has no chat template, or a slow tokenizer (token offsets
+            are needed for the masks).
+    """
+    if not getattr(tokenizer, "is_fast", False):
+        raise TuneforgeError(
+            f"model.base: chat needs a fast tokenizer (character offsets locate assistant turns); "
+            f"{type(tokenizer).__name__} is slow"
+        )
+    if template == "tokenizer":
+        if not tokenizer.chat_template:
+            raise TuneforgeError(
+                "chat.template: 'tokenizer' but this tokenizer has no chat template; "
+                "set chat.template=chatml to install a ChatML template"
+            )
+        return
+    tokenizer.add_special_tokens({"extra_special_tokens": [IM_START, IM_END]}, replace_extra_special_tokens=False)
+    tokenizer.chat_template = CHATML_TEMPLATE
+
+
+def normalize_messages(messages: Sequence, system_prompt: str | None = None, where: str = "messages") -> list[dict]:
+    """Check a conversation and return it as plain `{"role", "content"}` dicts, with the system prompt first.
+
+    Args:
+        messages: a list of mappings with "role" (system/user/assistant) and "content" (str).
+        system_prompt: prepended as a system message when set and the conversation has none.
+        where: names the conversation in error messages (e.g. "data.columns.messages row 12").
+
+    Returns:
+        A new list of `{"role", "content"}` dicts.
+
+    Raises:
+        TuneforgeError: not a list of such mappings, an unknown role, non-string content, or an empty list.
+    """
+    if not isinstance(messages, (list, tuple)) or not messages:
+        raise TuneforgeError(f"{where}: expected a non-empty list of {{role, content}} messages, got {messages!r:.80}")
+    out = []
+    for j, message in enumerate(messages):
+        role = message.get("role") if isinstance(message, dict) else None
+        content = message.get("content") if isinstance(message, dict) else None
+        if role not in ROLES or not isinstance(content, str):
+            raise TuneforgeError(
+                f"{where}: message {j} is {message!r:.80}; each message needs role in {list(ROLES)} and a string "
+                "content (the standard `messages` format)"
+            )
+        out.append({"role": role, "content": content})
+    if system_prompt and out[0]["role"] != "system":
+        out.insert(0, {"role": "system", "content": system_prompt})
+    return out
+
+
+def render(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> str:
+    """The conversation as the one text the model reads: `tokenizer.apply_chat_template(..., tokenize=False)`."""
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+
+def assistant_spans(tokenizer, messages: list[dict], text: str | None = None) -> list[tuple[int, int]]:
+    """Character spans of what each assistant turn says in `render(tokenizer, messages)`.
+
+    A span starts after the generation prompt (`render(messages[:k], add_generation_prompt=True)`) and ends
+    where `render(messages[:k + 1])` ends, minus trailing whitespace: the content plus the end-of-turn token,
+    without the newline a template writes after it (ChatML's `<|im_end|>\\n`).
+
+    Args:
+        tokenizer: with a chat template.
+        messages: a normalized conversation.
+        text: its rendering, if already computed.
+
+    Returns:
+        One (start, end) character span per assistant message, in order.
+
+    Raises:
+        TuneforgeError: the conversation starts with an assistant turn, or the template does not render prefixes
+            of a conversation as prefixes of its rendering (then spans cannot be located; e.g. templates that
+            drop earlier reasoning), named with the template setting to change.
+    """
+    text = render(tokenizer, messages) if text is None else text
+    spans = []
+    for k, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        if k == 0:
+            raise TuneforgeError("data.columns.messages: a conversation starts with an assistant turn; "
+                                 "it needs a user (or system) message before the first assistant answer")
+        prompt = render(tokenizer, messages[:k], add_generation_prompt=True)
+        upto = render(tokenizer, messages[: k + 1])
+        if not (upto.startswith(prompt) and text.startswith(upto)):
+            raise TuneforgeError(
+                "chat.template: the tokenizer's template does not render a conversation's prefixes as prefixes of "
+                "its full rendering, so assistant turns cannot be located; use chat.template=chatml"
+            )
+        spans.append((len(prompt), len(upto.rstrip())))
+    return spans
+
+
+def encode_conversation(
+    tokenizer, messages: list[dict], loss_on: str, max_length: int
+) -> tuple[list[int], list[int], bool]:
+    """Token ids and labels of one conversation.
+
+    Labels are unshifted (aligned with ids; the loss shifts, as for causal LM). A token is a target when its
+    character range overlaps a selected assistant span. The first token is always -100: it is never predicted
+    unpacked, and packed it must not become the target of the previous conversation's last token.
+
+    Args:
+        tokenizer: fast tokenizer with a chat template.
+        messages: a normalized conversation.
+        loss_on: "assistant", "last_assistant" or "all".
+        max_length: keep the first `max_length` tokens.
+
+    Returns:
+        (input_ids, labels, truncated).
+
+    Raises:
+        TuneforgeError: the template renders BOS twice at the start (then the model would see two BOS tokens).
+    """
+    text = render(tokenizer, messages)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = enc["input_ids"], enc["offset_mapping"]
+    bos = tokenizer.bos_token_id
+    if bos is not None and ids[:2] == [bos, bos]:
+        raise TuneforgeError(
+            "chat.template: the rendered conversation starts with two BOS tokens; use a template that writes "
+            "bos_token once (chat.template=chatml does)"
+        )
+    if loss_on == "all":
+        labels = list(ids)
+    else:
+        spans = assistant_spans(tokenizer, messages, text)
+        spans = spans[-1:] if loss_on == "last_assistant" else spans
+        labels = [t if any(s < e_tok and s_tok < e for s, e in spans) else IGNORE
+                  for t, (s_tok, e_tok) in zip(ids, offsets, strict=True)]
+    if labels:
+        labels[0] = IGNORE
+    return ids[:max_length], labels[:max_length], len(ids) > max_length
+
+
+def end_of_turn_id(tokenizer) -> int | None:
+    """The token that ends an assistant turn in the tokenizer's template (ChatML: `<|im_end|>`).
+
+    Found by rendering a one-exchange conversation: the last token of the assistant span when it is a special
+    (added) token, else the tokenizer's EOS.
+    """
+    messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
+    text = render(tokenizer, messages)
+    (start, end), = assistant_spans(tokenizer, messages, text)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    inside = [t for t, (s, e) in zip(enc["input_ids"], enc["offset_mapping"], strict=True) if s < end and e > start]
+    specials = set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_encoder.values())
+    return inside[-1] if inside and inside[-1] in specials else tokenizer.eos_token_id
+
+
+def stop_token_ids(tokenizer) -> list[int]:
+    """Ids that end generation: the end-of-turn token, then the tokenizer's EOS (deduplicated, None dropped)."""
+    return list(dict.fromkeys(t for t in (end_of_turn_id(tokenizer), tokenizer.eos_token_id) if t is not None))
+
+
+def set_stop_tokens(model, tokenizer) -> None:
+    """Make `model.generation_config.eos_token_id` the stop ids, so `generate()` ends at the end of the turn.
+
+    Args:
+        model: a transformers model or a PEFT model around one (its base model's config is changed).
+        tokenizer: the run's tokenizer (with its chat template).
+    """
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner.generation_config.eos_token_id = stop_token_ids(tokenizer)
+
+
+def build_prompt_ids(
+    tokenizer, messages: Sequence, system_prompt: str | None = None, max_length: int | None = None
+) -> list[int]:
+    """Token ids that ask the model for the next assistant turn, formatted exactly as in training.
+
+    Args:
+        tokenizer: the run's tokenizer (its saved chat template).
+        messages: the conversation so far (usually ending with a user message).
+        system_prompt: the recipe's `chat.system_prompt`, prepended when the conversation has no system message.
+        max_length: prompt token budget; the oldest non-system messages are dropped until the prompt fits, and
+            a single message longer than the budget keeps its last `max_length` tokens.
+
+    Returns:
+        `apply_chat_template(messages, add_generation_prompt=True)` token ids.
+
+    Raises:
+        TuneforgeError: malformed messages.
+    """
+    messages = normalize_messages(messages, system_prompt)
+
+    def ids_of(msgs: list[dict]) -> list[int]:
+        return tokenizer(render(tokenizer, msgs, add_generation_prompt=True), add_special_tokens=False)["input_ids"]
+
+    ids = ids_of(messages)
+    head = 1 if messages[0]["role"] == "system" else 0
+    while max_length is not None and len(ids) > max_length and len(messages) > head + 1:
+        del messages[head]
+        ids = ids_of(messages)
+    return ids[-max_length:] if max_length is not None else ids
+
+
+def chat_stream(
+    model, tokenizer, messages: Sequence, settings: GenerationSettings, system_prompt: str | None = None
+) -> Iterator[str]:
+    """Stream the next assistant reply for the demo's chat tab, stopping at the end-of-turn token.
+
+    Args:
+        model: the run's model (transformers or PEFT), in eval mode.
+        tokenizer: the run's tokenizer with its saved chat template.
+        messages: the conversation so far, ending with the user's new message.
+        settings: decoding settings (the run recipe's `eval.generation`).
+        system_prompt: the run recipe's `chat.system_prompt`.
+
+    Yields:
+        The reply so far (cumulative text, special tokens removed), as Gradio's streaming chat expects.
+    """
+    from transformers import TextIteratorStreamer
+
+    positions = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
+    budget = positions - settings.max_new_tokens if positions else None
+    ids = build_prompt_ids(tokenizer, messages, system_prompt, max_length=budget)
+    set_stop_tokens(model, tokenizer)
+    gen_cfg = generation_config(model, tokenizer, settings)
+    device = next(model.parameters()).device
+    input_ids = torch.tensor([ids], device=device)
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    kwargs = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "generation_config": gen_cfg,
+              "streamer": streamer}
+    worker = threading.Thread(target=model.generate, kwargs=kwargs, daemon=True)
+    worker.start()
+    text = ""
+    for piece in streamer:
+        text += piece
+        yield text.strip()
+    worker.join()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Task functions
+
+
+def prepare(recipe: Recipe, data: datasets.DatasetDict, tokenizer) -> tuple[datasets.DatasetDict, dict]:
+    """Install the recipe's chat template (and ChatML tokens) into the tokenizer; the data is unchanged."""
+    install_chat_template(tokenizer, chat_config(recipe).template)
+    return data, {}
+
+
+def pack_conversations(examples: list[tuple[list[int], list[int]]], window: int) -> dict[str, list[list[int]]]:
+    """Pack conversations into windows of at most `window` tokens, best fit decreasing.
+
+    Longest conversations first, each into the open window with the least room that still fits it (a new one
+    when none does), which leaves little padding. Positions restart at 0 for every conversation.
+
+    Args:
+        examples: (input_ids, labels) per conversation, each at most `window` long.
+        window: tokens per window (`data.max_length`).
+
+    Returns:
+        {"input_ids", "labels", "position_ids", "length"} with one entry per window.
+    """
+    order = sorted(range(len(examples)), key=lambda i: (-len(examples[i][0]), i))
+    windows: list[list[int]] = []  # example indices per window
+    room: list[int] = []
+    by_room: list[list[int]] = [[] for _ in range(window + 1)]  # free tokens -> windows with that much room
+    for i in order:
+        need = len(examples[i][0])
+        best = next((r for r in range(need, window + 1) if by_room[r]), None)
+        if best is None:
+            windows.append([])
+            room.append(window)
+            w = len(windows) - 1
+        else:
+            w = by_room[best].pop()
+        windows[w].append(i)
+        room[w] -= need
+        by_room[room[w]].append(w)
+    out = {"input_ids": [], "labels": [], "position_ids": [], "length": []}
+    for members in windows:
+        out["input_ids"].append([t for i in members for t in examples[i][0]])
+        out["labels"].append([t for i in members for t in examples[i][1]])
+        out["position_ids"].append([p for i in members for p in range(len(examples[i][0]))])
+        out["length"].append(len(out["input_ids"][-1]))
+    return out
+
+
+def tokenize(rows: datasets.Dataset, tokenizer, recipe: Recipe, split: str) -> datasets.Dataset:
+    """Conversations -> `input_ids`, `labels` (-100 outside the trained turns), `length` (+ `position_ids` packed).
+
+    Raises:
+        TuneforgeError: a malformed conversation (named by row), or a template problem.
+    """
+    chat, data = chat_config(recipe), recipe.data
+    column = data.columns["messages"]
+    loss_on = chat.loss_on if split == "train" else "assistant"  # scores always on assistant tokens
+
+    def encode(batch: dict, indices: list[int]) -> dict:
+        out = {"input_ids": [], "labels": [], "length": [], "truncated": []}
+        for i, messages in zip(indices, batch[column], strict=True):
+            messages = normalize_messages(messages, chat.system_prompt, f"data.columns.messages ({split} row {i})")
+            ids, labels, truncated = encode_conversation(tokenizer, messages, loss_on, data.max_length)
+            out["input_ids"].append(ids)
+            out["labels"].append(labels)
+            out["length"].append(len(ids))
+            out["truncated"].append(truncated)
+        return out
+
+    encoded = rows.map(encode, batched=True, with_indices=True, remove_columns=rows.column_names,
+                       desc=f"tokenize {split}")
+    if any(encoded["truncated"]):
+        logger.warning("chat: %d of %d %s conversations cut to data.max_length=%d tokens",
+                       sum(encoded["truncated"]), len(encoded), split, data.max_length)
+    encoded = encoded.remove_columns("truncated")
+    if not (data.packing and split == "train"):
+        return encoded
+    packed = pack_conversations(list(zip(encoded["input_ids"], encoded["labels"], strict=True)), data.max_length)
+    return datasets.Dataset.from_dict(packed)
+
+
+def collate(features: list[dict], tokenizer, recipe: Recipe) -> dict[str, torch.Tensor]:
+    """Unpacked rows: causal LM's right-padded batch. Packed windows: the same plus `position_ids` [B, T].
+
+    Padding after a packed window gets positions 0, 1, ... of its own, so transformers treats it as one more
+    sequence that no real token attends to; its labels are -100. `attention_mask` then only marks real tokens
+    for the loop's token counts; the loss does not pass it to the model.
+    """
+    batch = causal_lm.collate(features, tokenizer, recipe)
+    if "position_ids" in features[0]:
+        width = batch["input_ids"].size(1)
+        positions = torch.zeros_like(batch["input_ids"])
+        for i, f in enumerate(features):
+            n = len(f["position_ids"])
+            positions[i, :n] = torch.tensor(f["position_ids"])
+            positions[i, n:] = torch.arange(width - n)
+        batch["position_ids"] = positions
+    return batch
+
+
+def loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Causal LM's per-example summed NLL (nats) and target counts; packed windows keep conversations apart.
+
+    Packed: the forward gets `position_ids` and no `attention_mask`, so transformers derives the block-diagonal
+    causal mask from where positions restart (`masking_utils.find_packed_sequence_indices`). `use_cache=False`
+    because that detection is skipped when a KV cache exists (GPT-2 creates one whenever use_cache is on).
+
+    Returns:
+        (nll [B] float32, count [B] int64), per row (a packed row holds several conversations).
+    """
+    if "position_ids" not in batch:
+        return causal_lm.loss(model, batch)
+
+    def packed_forward(input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        return model(input_ids=input_ids, position_ids=batch["position_ids"], use_cache=False)
+
+    return causal_lm.loss(packed_forward, batch)
+
+
+def first_answer_prompts(rows: datasets.Dataset, recipe: Recipe) -> tuple[list[list[dict]], list[str]]:
+    """For each conversation: the messages before its first assistant turn, and that turn's content."""
+    chat = chat_config(recipe)
+    prompts, references = [], []
+    for i, messages in enumerate(rows[recipe.data.columns["messages"]]):
+        messages = normalize_messages(messages, chat.system_prompt, f"data.columns.messages (test row {i})")
+        first = next((k for k, m in enumerate(messages) if m["role"] == "assistant"), None)
+        if first is None:
+            raise TuneforgeError(f"data.columns.messages (test row {i}): the conversation has no assistant turn")
+        prompts.append(messages[:first])
+        references.append(messages[first]["content"])
+    return prompts, references
+
+
+def score(ctx: ScoreContext) -> Scored:
+    """Assistant-token perplexity of the test conversations, and ROUGE of generated first answers.
+
+    Generation: prompt = system + first user turn + the generation prompt (left-padded batches, greedy unless
+    the recipe samples), stopped at the end-of-turn token, compared with the reference first answer by ROUGE
+    (`eval.metrics.generation_scores`).
+    """
+    from eval.metrics import generation_scores, perplexity_scores
+
+    nll, n = example_losses(ctx)
+    scores = perplexity_scores(nll.tolist(), n.tolist())
+    settings = {"perplexity": {"unit": "per assistant token incl. end-of-turn, nats -> exp",
+                               "tokens": "assistant turns of the test conversations"}}
+    if not ctx.recipe.eval.generate:
+        return Scored(scores=scores, settings=settings)
+    gen = ctx.recipe.eval.generation
+    messages, references = first_answer_prompts(ctx.rows, ctx.recipe)
+    prompts = [build_prompt_ids(ctx.tokenizer, m, max_length=ctx.recipe.data.max_length) for m in messages]
+    set_stop_tokens(ctx.accelerator.unwrap_model(ctx.model), ctx.tokenizer)
+    generated = generate_ids(ctx.accelerator, ctx.model, ctx.tokenizer, prompts, gen, ctx.batch_size)
+    predictions = decode(ctx.tokenizer, generated)
+    rouge, rouge_settings = generation_scores(predictions, references, ("rouge",))
+    scores.update(rouge)
+    settings.update(rouge_settings)
+    settings["generation"] = {**gen.model_dump(), "stop_token_ids": stop_token_ids(ctx.tokenizer),
+                              "prompt": "system + first user turn + generation prompt; reference: first answer"}
+    rows = [{"id": i, "prompt": m[-1]["content"], "prediction": p, "reference": r}
+            for i, (m, p, r) in enumerate(zip(messages, predictions, references, strict=True))]
+    return Scored(scores=scores, settings=settings, predictions=rows)
+
+
+def on_save(model_dir, model, tokenizer, recipe: Recipe) -> None:
+    """Stop at the end-of-turn token in the saved generation config; keep an adapter free of embedding copies.
+
+    PEFT saves the full embedding matrices (input and tied output) next to a LoRA adapter whenever the vocabulary
+    was resized, although the added rows already live in the adapter (`trainable_token_indices`) and the rest
+    equal the base; the adapter is re-saved without them, and loading resizes the base first
+    (`modeling.load_model`).
+    """
+    set_stop_tokens(model, tokenizer)
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner.generation_config.save_pretrained(model_dir)
+    peft_config = getattr(model, "peft_config", {}).get("default")
+    if getattr(peft_config, "trainable_token_indices", None):
+        model.save_pretrained(model_dir, safe_serialization=True, save_embedding_layers=False)
+
+
+TASK = Task(
+    name="chat",
+    auto_model=AutoModelForCausalLM,
+    peft_task_type="CAUSAL_LM",
+    roles=("messages",),
+    primary_metric="perplexity",
+    greater_is_better=False,
+    tokenize=tokenize,
+    collate=collate,
+    loss=loss,
+    num_targets=causal_lm.num_targets,
+    score=score,
+    prepare=prepare,
+    on_save=on_save,
+)

@@ -1,0 +1,97 @@
+"""Recipe schema, overrides, validation of every shipped recipe, and CLI error behaviour."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipelines.errors import TuneforgeError
+from pipelines.recipe import build_recipe, load_recipe, parse_overrides
+from pipelines.validate import validate_many
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = sorted(p for p in (ROOT / "recipes").rglob("*.yaml") if "accelerate" not in p.parts)
+MINIMAL = {"task": "causal_lm", "model": {"base": "gpt2"}, "data": {"source": "manpages", "columns": {"text": "d"}}}
+
+
+def test_all_problems_reported_together_with_did_you_mean():
+    raw = {**MINIMAL, "train": {"max_step": 3, "learning_rate": -1}, "lora": {"rank": 4}}
+    with pytest.raises(TuneforgeError) as err:
+        build_recipe(raw, ["eval.batch_size=0"])
+    msg = str(err.value)
+    assert "4 problem(s)" in msg
+    assert "train.max_step: unknown key. did you mean 'train.max_steps'?" in msg
+    assert "lora.rank: unknown key" in msg and "r, alpha" in msg
+    assert "train.learning_rate: Input should be greater than 0 (got -1)" in msg
+    assert "eval.batch_size" in msg
+
+
+def test_overrides_are_typed_and_nested():
+    assert parse_overrides(["train.max_steps=5", "lora.target_modules=[c_attn, c_proj]", "eval.score_base=false"]) == {
+        "train": {"max_steps": 5}, "lora": {"target_modules": ["c_attn", "c_proj"]}, "eval": {"score_base": False}}
+    recipe = build_recipe(MINIMAL, ["train.learning_rate=1e-4", "lora.r=4"])
+    assert recipe.train.learning_rate == 1e-4 and recipe.lora.r == 4 and recipe.method == "lora"
+
+
+@pytest.mark.parametrize("bad", ["train.max_steps", "=3", "train..x=1"])
+def test_malformed_override(bad):
+    with pytest.raises(TuneforgeError, match="expected section.key=value"):
+        parse_overrides([bad])
+
+
+def test_wrong_type_and_impossible_values():
+    with pytest.raises(TuneforgeError) as err:
+        build_recipe({**MINIMAL, "model": {"scratch": {"architecture": "gpt2", "hidden_size": 30, "heads": 4}}})
+    assert "heads=4 must divide hidden_size=30" in str(err.value)
+    with pytest.raises(TuneforgeError, match="exactly one of model.base"):
+        build_recipe({**MINIMAL, "model": {}})
+
+
+def test_hash_ignores_nothing_that_defines_the_run():
+    a, b = build_recipe(MINIMAL), build_recipe(MINIMAL, ["train.seed=1"])
+    assert a.hash() == build_recipe(MINIMAL).hash() and a.hash() != b.hash()
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=[str(p.relative_to(ROOT / "recipes")) for p in RECIPES])
+def test_every_recipe_validates(path, monkeypatch, capsys):
+    monkeypatch.chdir(ROOT)
+    assert validate_many([str(path)], []) == 0, capsys.readouterr().out
+    header = path.read_text().splitlines()[0]
+    assert header.startswith("#"), "each recipe starts with a comment giving its launch command"
+    assert "tuneforge train" in path.read_text().split("\n\n")[0] or "accelerate launch" in path.read_text()
+
+
+def test_recipe_files_have_no_unknown_keys():
+    for path in RECIPES:
+        load_recipe(path)  # raises on any schema problem
+
+
+def _cli(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], cwd=cwd, capture_output=True, text=True)
+
+
+def test_cli_misspelled_key_exit_2_no_traceback(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({**MINIMAL, "trian": {"max_steps": 3}}))
+    result = _cli("validate", str(bad))
+    assert result.returncode == 2
+    assert "trian: unknown key. did you mean 'train'?" in result.stdout
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_cli_train_missing_base_exit_2(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({**MINIMAL, "model": {"base": "./no/such/model"}}))
+    result = _cli("train", str(bad), f"output.dir={tmp_path}")
+    assert result.returncode == 2, result.stderr
+    assert "model.base: './no/such/model' does not exist" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_missing_recipe_file():
+    result = _cli("validate", "recipes/nope.yaml")
+    assert result.returncode == 2 and "no such file" in result.stdout
