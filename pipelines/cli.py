@@ -123,7 +123,14 @@ COMMANDS = {"train": cmd_train, "validate": cmd_validate, "eval": cmd_eval, "com
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `tuneforge` console script; returns the exit code."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    # key=value overrides may come before or after options (`eval RUN --recipe R data.test_limit=50`).
+    args, extra = parser.parse_known_args(argv)
+    target = "recipes" if args.command == "validate" else "overrides"
+    if extra and all("=" in e and not e.startswith("-") for e in extra) and hasattr(args, target):
+        getattr(args, target).extend(extra)
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return COMMANDS[args.command](args)
     except TuneforgeError as exc:

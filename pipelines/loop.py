@@ -141,8 +141,14 @@ class Prepared:
     features: dict[str, datasets.Dataset]  # tokenized rows per split
 
 
-def build(recipe: Recipe, run_dir: Path, accelerator: Accelerator, mode: str) -> Prepared:
-    """Load data, the tokenizer (training one for scratch models) and the model, then wrap it with LoRA."""
+def build(recipe: Recipe, run_dir: Path, accelerator: Accelerator, mode: str, *, merge: bool = True) -> Prepared:
+    """Load data, the tokenizer (training one for scratch models) and the model, then wrap it with LoRA.
+
+    Args:
+        mode: "fresh" or "resume" (a resumed scratch run reuses the tokenizer it trained).
+        merge: a LoRA run named as base is merged into its base (to train on); False keeps the adapter
+            separate, exactly the trained computation (for scoring).
+    """
     task = get_task(recipe.task)
     missing = [r for r in task.roles if r not in recipe.data.columns]
     if missing:
@@ -166,8 +172,10 @@ def build(recipe: Recipe, run_dir: Path, accelerator: Accelerator, mode: str) ->
     else:
         tokenizer = modeling.load_tokenizer(recipe.model.base)
     model_kwargs = {}
+    vocab_before = len(tokenizer)
     if task.prepare is not None:
         data, model_kwargs = task.prepare(recipe, data, tokenizer)
+    added_tokens = list(range(vocab_before, len(tokenizer)))  # e.g. chat markers; their embedding rows must train
     set_seed(recipe.train.seed)  # identical initial weights on every process and every resume
     if recipe.model.scratch is not None:
         from pipelines import scratch
@@ -177,14 +185,17 @@ def build(recipe: Recipe, run_dir: Path, accelerator: Accelerator, mode: str) ->
         model = task.auto_model.from_config(config)
     else:
         model = modeling.load_model(
-            recipe.model.base, task.auto_model, attn_implementation=recipe.model.attn_implementation, **model_kwargs
+            recipe.model.base, task.auto_model, merge=merge, attn_implementation=recipe.model.attn_implementation,
+            **model_kwargs,
         )
+    if added_tokens:
+        modeling.fit_embeddings(model, len(tokenizer))
     if recipe.model.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if recipe.lora is not None:
             model.enable_input_require_grads()  # LoRA + checkpointing: frozen embeddings need grad-carrying inputs
     if recipe.lora is not None:
-        model = modeling.apply_lora(model, recipe.lora, task.peft_task_type)
+        model = modeling.apply_lora(model, recipe.lora, task.peft_task_type, trainable_token_indices=added_tokens)
     elif recipe.train.trainable == "head":
         modeling.freeze_all_but_head(model)
     features = {s: tokenize_cached(task, data[s], tokenizer, recipe, s) for s in data}
@@ -390,8 +401,10 @@ def train(recipe: Recipe, run_dir: Path, *, overwrite: bool = False, launch: str
         "task": recipe.task,
         "method": recipe.method,
         "base_model": recipe.model.base or f"scratch:{recipe.model.scratch.architecture}",
-        "primary_metric": prep.task.primary_metric,
-        "greater_is_better": prep.task.greater_is_better,
+        "primary_metric": result.primary_metric or prep.task.primary_metric,
+        "greater_is_better": (
+            prep.task.greater_is_better if result.greater_is_better is None else result.greater_is_better
+        ),
         "dataset": data_lib.dataset_info(data_lib.dataset_name(recipe.data), "test", prep.data["test"]),
         "metric_settings": result.settings,
         "scores": result.scores,

@@ -104,6 +104,8 @@ def load_model(base: str, auto_class, *, merge: bool = True, **kwargs) -> PreTra
             if (Path(path) / "config.json").is_file():  # e.g. a classifier's label maps, saved with the adapter
                 kwargs.setdefault("config", AutoConfig.from_pretrained(path))
             inner = load_model(adapter["base_model_name_or_path"], auto_class, **kwargs)
+            if (Path(path) / "tokenizer_config.json").is_file():  # tokens added in training (e.g. chat markers)
+                fit_embeddings(inner, len(AutoTokenizer.from_pretrained(path)), initialize=False)
             peft = PeftModel.from_pretrained(inner, path)
             return peft.merge_and_unload() if merge else peft
         return auto_class.from_pretrained(path, trust_remote_code=False, use_safetensors=True, **kwargs)
@@ -113,6 +115,23 @@ def load_model(base: str, auto_class, *, merge: bool = True, **kwargs) -> PreTra
         raise TuneforgeError(f"model.base: cannot load {base!r} with {auto_class.__name__}: {exc}") from None
 
 
+def fit_embeddings(model: PreTrainedModel, vocab_size: int, *, initialize: bool = True) -> bool:
+    """Grow the input (and tied output) embeddings to `vocab_size` rows when the tokenizer gained tokens.
+
+    New rows start from the mean and covariance of the existing ones (`mean_resizing`, Hewitt 2021, "Initializing
+    new word embeddings"), so new tokens start as an average token rather than noise. Under LoRA the loop trains
+    exactly these rows (PEFT `trainable_token_indices`); an adapter keeps their values, and loading it grows the
+    base the same way first (`initialize=False`: the adapter overwrites the rows, no statistics needed).
+
+    Returns:
+        True when the embeddings were resized (a model with spare rows, e.g. padded vocabularies, is unchanged).
+    """
+    if vocab_size <= model.get_input_embeddings().num_embeddings:
+        return False
+    model.resize_token_embeddings(vocab_size, mean_resizing=initialize)
+    return True
+
+
 def linear_module_names(model: torch.nn.Module) -> list[str]:
     """Leaf names of every Linear / GPT-2 Conv1D layer, the modules LoRA can target."""
     from transformers.pytorch_utils import Conv1D
@@ -120,11 +139,15 @@ def linear_module_names(model: torch.nn.Module) -> list[str]:
     return sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, (torch.nn.Linear, Conv1D))})
 
 
-def apply_lora(model: PreTrainedModel, cfg: LoraConfig, task_type: str) -> PeftModel:
+def apply_lora(
+    model: PreTrainedModel, cfg: LoraConfig, task_type: str, trainable_token_indices: list[int] | None = None
+) -> PeftModel:
     """Wrap `model` with LoRA adapters through PEFT; only adapters (and saved modules) stay trainable.
 
     `target_modules: auto` is PEFT's `all-linear` (every linear layer but the output head, as QLoRA does,
     Dettmers et al. 2023); `modules_to_save: auto` lets PEFT add the task head for classification.
+    `trainable_token_indices` (tokens a task added, e.g. chat markers) trains just those embedding rows (and the
+    tied output head's with them) instead of a full trainable copy of the embedding matrix (`modules_to_save`).
 
     Raises:
         TuneforgeError: a target module that the model does not have (the ones it has are listed).
@@ -146,6 +169,7 @@ def apply_lora(model: PreTrainedModel, cfg: LoraConfig, task_type: str) -> PeftM
         use_dora=cfg.use_dora,
         use_rslora=cfg.use_rslora,
         bias=cfg.bias,
+        trainable_token_indices=list(trainable_token_indices) if trainable_token_indices else None,
     )
     return get_peft_model(model, peft_cfg)
 

@@ -150,6 +150,10 @@ class EvalConfig(_Section):
     score_base: bool = True
     generate: bool = Field(True, description="generation-based metrics (seq2seq, chat)")
     generation: GenerationSettings = Field(default_factory=GenerationSettings)
+    metrics: list[Literal["rouge", "bleu", "chrf"]] = Field(
+        default_factory=list,
+        description="generation metrics (seq2seq); the first is the primary metric; empty: all of them",
+    )
 
 
 class ChatConfig(_Section):

@@ -40,6 +40,9 @@ class Scored:
     scores: dict[str, float]
     settings: dict = field(default_factory=dict)
     predictions: list[dict] = field(default_factory=list)
+    # When the recipe decides the headline metric (seq2seq: the first of eval.metrics); None: the task's own.
+    primary_metric: str | None = None
+    greater_is_better: bool | None = None
 
 
 def sorted_loader(ctx: ScoreContext, features: datasets.Dataset | None = None) -> tuple[DataLoader, list[int]]:

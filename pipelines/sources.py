@@ -69,6 +69,7 @@ class Source:
         inventory: (root, lang) -> sorted file identities [(path, size, mtime_ns, ...)], the cache key; raises
             TuneforgeError when the host lacks the source.
         build: (root, lang, inventory) -> (rows, stats).
+        features: `datasets` feature types of the columns that are not plain strings (e.g. a `messages` list).
     """
 
     description: str
@@ -77,6 +78,7 @@ class Source:
     split_key: Callable[[dict], str]
     inventory: Callable[[Path | None, str], list[tuple]]
     build: Callable[[Path | None, str, list[tuple]], tuple[list[dict], dict]]
+    features: dict[str, object] = dataclasses.field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -206,7 +208,7 @@ def _load(name: str, lang: str, root: str | Path | None) -> tuple[datasets.Datas
         rows, stats = source.build(root_path, lang, inventory)
     # The cache holds the parsed rows, not Arrow files: splitting and sorting ~60k rows takes a fraction of a
     # second, and the cached and the fresh result then come from the same code.
-    dd = _assemble(rows, columns, source.split_key)
+    dd = _assemble(rows, columns, source.split_key, source.features)
     if cached is None:
         stats = {"source": name, **stats, "splits": {s: len(dd[s]) for s in SPLITS}}
         _log_stats(stats)
@@ -238,13 +240,15 @@ def _write_cache(path: Path, rows: list[dict], stats: dict) -> None:
         logger.warning("could not cache %s: %s", path, err)
 
 
-def _assemble(rows: list[dict], columns: tuple[str, ...], key_of: Callable[[dict], str]) -> datasets.DatasetDict:
+def _assemble(
+    rows: list[dict], columns: tuple[str, ...], key_of: Callable[[dict], str], types: dict[str, object] | None = None
+) -> datasets.DatasetDict:
     """Split rows by their key's hash and sort each split by key (so fingerprints do not depend on read order)."""
     by_split: dict[str, list[tuple[str, dict]]] = {s: [] for s in SPLITS}
     for row in rows:
         key = key_of(row)
         by_split[split_for_key(key)].append((key, row))
-    features = datasets.Features({c: datasets.Value("string") for c in columns})
+    features = datasets.Features({c: (types or {}).get(c, datasets.Value("string")) for c in columns})
     out = {}
     for split, keyed in by_split.items():
         keyed.sort(key=lambda kr: kr[0])
@@ -862,6 +866,57 @@ def _manpages_build(root: Path, lang: str, inventory: list[tuple]) -> tuple[list
     return rows, _stats(len(inventory), len(rows), skipped)
 
 
+# Chat answers stay short enough that a whole conversation fits a 256-token window of the tiny GPT's BPE.
+CHAT_DETAIL_MAX_CHARS = 500
+# What a page documents, by the first character of its section (man-pages(7) section names).
+_SECTION_QUESTIONS = {
+    "1": "What does the {name} command do?",
+    "2": "What does the {name} system call do?",
+    "3": "What does the {name} function do?",
+    "4": "What is the {name} device?",
+    "5": "What is the {name} file format?",
+    "6": "What does the {name} game do?",
+    "7": "What is {name}?",
+    "8": "What does the {name} command do?",
+}
+
+
+def manpage_conversation(page: dict) -> list[dict]:
+    """A two-exchange chat about one man page, in the standard `messages` format.
+
+    The user asks what the page's subject does and the assistant answers with the NAME line's summary as a
+    sentence; the user asks for more and the assistant answers with the start of the DESCRIPTION (at most
+    `CHAT_DETAIL_MAX_CHARS`, cut at a paragraph, sentence or word boundary). No system message: recipes add one
+    with `chat.system_prompt`.
+
+    Args:
+        page: a `manpages` row (name, section, summary, description).
+
+    Returns:
+        [user, assistant, user, assistant] as {"role", "content"} dicts.
+    """
+    name, section = page["name"], page["section"]
+    if section.startswith("3") and section.endswith(("pm", "perl")):
+        question = f"What does the {name} Perl module do?"
+    else:
+        question = _SECTION_QUESTIONS.get(section[:1], "What is {name}(" + section + ")?").format(name=name)
+    summary = page["summary"][:1].upper() + page["summary"][1:]
+    summary += "" if summary.endswith((".", "!", "?")) else "."
+    return [
+        {"role": "user", "content": question},
+        {"role": "assistant", "content": summary},
+        {"role": "user", "content": f"Tell me more about {name}."},
+        {"role": "assistant", "content": _cap_text(page["description"], CHAT_DETAIL_MAX_CHARS)},
+    ]
+
+
+def _manpages_chat_build(root: Path, lang: str, inventory: list[tuple]) -> tuple[list[dict], dict]:
+    """The manpages rows turned into conversations; same pages, keys and skip counts as `manpages`."""
+    pages, stats = _manpages_build(root, lang, inventory)
+    rows = [{"name": p["name"], "section": p["section"], "messages": manpage_conversation(p)} for p in pages]
+    return rows, stats
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Source: gettext
 # --------------------------------------------------------------------------------------------------------------
@@ -1152,6 +1207,15 @@ SOURCES: dict[str, Source] = {
         split_key=_manpage_key,
         inventory=_manpages_inventory,
         build=_manpages_build,
+    ),
+    "manpages-chat": Source(
+        description="conversations about the manual pages (what does X do? -> NAME summary; more -> DESCRIPTION)",
+        default_root="/usr/share/man",
+        columns=("name", "section", "messages"),
+        split_key=_manpage_key,  # a page's conversation lands in the page's own split
+        inventory=_manpages_inventory,
+        build=_manpages_chat_build,
+        features={"messages": [{"role": datasets.Value("string"), "content": datasets.Value("string")}]},
     ),
     "gettext": Source(
         description="English -> <lang> message pairs from the installed gettext catalogs",

@@ -1,0 +1,86 @@
+"""`tuneforge eval`: (re)score a finished run, or any model on a recipe's test split, into metrics.json.
+
+A run is rescored with exactly its trained computation (LoRA adapters unmerged) on the test split its recipe
+defines; its metrics.json keeps its training record and gets fresh scores. A model named with `--recipe`
+is scored into a run-like folder (`runs/eval-<model>-<recipe>`) that comparison tables show as a row.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from accelerate import Accelerator
+
+from pipelines import data as data_lib
+from pipelines import loop, runs
+from pipelines.errors import TuneforgeError
+from pipelines.recipe import Recipe, load_recipe
+from pipelines.scoring import write_jsonl
+
+
+def as_base(recipe: Recipe, model: str) -> Recipe:
+    """The recipe with `model` as its base and nothing left to train (no LoRA, no scratch)."""
+    update = {"model": recipe.model.model_copy(update={"base": model, "scratch": None}), "lora": None}
+    return recipe.model_copy(update=update)
+
+
+def score_model(recipe: Recipe, model: str) -> tuple[dict, object]:
+    """Score `model` on `recipe`'s test split. Returns (metrics fields, Scored)."""
+    accelerator = Accelerator()
+    prep = loop.build(as_base(recipe, model), Path(model), accelerator, "resume", merge=False)
+    result = loop.score(prep, recipe, accelerator, prep.model)
+    fields = {
+        "primary_metric": prep.task.primary_metric,
+        "greater_is_better": prep.task.greater_is_better,
+        "dataset": data_lib.dataset_info(data_lib.dataset_name(recipe.data), "test", prep.data["test"]),
+        "metric_settings": result.settings,
+        "scores": result.scores,
+        "seed": recipe.train.seed,
+        "versions": runs.versions(),
+    }
+    return fields, result
+
+
+def eval_main(target: str, *, recipe_path: str | None, out: str | None, overrides: list[str]) -> int:
+    """Entry of `tuneforge eval`; prints the scores. Returns the exit code.
+
+    Raises:
+        TuneforgeError: a model without --recipe, a run without a saved model.
+    """
+    target_path = Path(target)
+    if (target_path / "recipe.yaml").is_file() and recipe_path is None:
+        recipe = runs.load_run_recipe(target_path)
+        if overrides:
+            from pipelines.recipe import build_recipe
+
+            recipe = build_recipe(recipe.model_dump(mode="json"), overrides)
+        if not (target_path / "model").is_dir():
+            raise TuneforgeError(f"{target!r} has no model/: the run did not finish; resume or retrain it")
+        fields, result = score_model(recipe, str(target_path / "model"))
+        metrics = runs.read_metrics(target_path) or {}
+        metrics.update(fields)
+        if recipe.model.base and recipe.eval.score_base:  # the base on the very same split, not a stale score
+            metrics["base_scores"] = score_model(recipe, recipe.model.base)[0]["scores"]
+        dest = target_path
+    else:
+        if recipe_path is None:
+            raise TuneforgeError(f"eval: {target!r} is not a run folder; to score a model give --recipe RECIPE")
+        recipe = load_recipe(recipe_path, overrides)
+        fields, result = score_model(recipe, target)
+        slug = re.sub(r"[^A-Za-z0-9._-]+", "-", target.strip("/")).strip("-")
+        dest = Path(out) if out else Path(recipe.output.dir) / f"eval-{slug}-{Path(recipe_path).stem}"
+        metrics = {"schema": 1, "run": dest.name, "status": "finished", "task": recipe.task, "method": "base",
+                   "base_model": target, "base_scores": None, "train": None, "params": None,
+                   "recipe_hash": as_base(recipe, target).hash(), **fields}
+    if Accelerator().is_main_process:
+        dest.mkdir(parents=True, exist_ok=True)
+        if not (dest / "recipe.yaml").exists():
+            (dest / "recipe.yaml").write_text(as_base(recipe, target).to_yaml())
+        if result.predictions:
+            write_jsonl(dest / "predictions.jsonl", result.predictions)
+        runs.write_json(dest / "metrics.json", metrics)
+        primary = fields["primary_metric"]
+        print(f"{dest}: {primary} {fields['scores'][primary]:.4g} on {fields['dataset']['name']} "
+              f"test ({fields['dataset']['num_examples']} examples)")
+    return 0
