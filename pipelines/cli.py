@@ -1,4 +1,4 @@
-"""The `tuneforge` command: train, validate, eval, compare, demo, data.
+"""The `tuneforge` command: train, validate, eval, compare, demo, data, baseline.
 
 User errors (`TuneforgeError`) print one clear message and exit with code 2, without a traceback.
 """
@@ -32,6 +32,12 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--recipe", help="the recipe whose data and metrics to use")
     e.add_argument("--out", help="run-like folder for a model's scores (default: runs/eval-<model>-<recipe>)")
     e.add_argument("overrides", nargs="*")
+
+    b = sub.add_parser("baseline", help="TF-IDF + logistic regression on a classification recipe's data")
+    b.add_argument("recipe")
+    b.add_argument("overrides", nargs="*", help="section.key=value, e.g. data.test_limit=500")
+    b.add_argument("--out", help="the run-like folder to write (default: <output.dir>/<run name>-baseline)")
+    b.add_argument("--overwrite", action="store_true", help="replace an existing folder")
 
     c = sub.add_parser("compare", help="comparison tables across runs")
     c.add_argument("runs_dirs", nargs="*", default=["runs"])
@@ -84,6 +90,19 @@ def cmd_eval(args) -> int:
     return eval_main(args.target, recipe_path=args.recipe, out=args.out, overrides=args.overrides)
 
 
+def cmd_baseline(args) -> int:
+    from pipelines.baseline import run_baseline
+    from pipelines.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    out = Path(args.out) if args.out else Path(recipe.output.dir) / f"{recipe.run_name(args.recipe)}-baseline"
+    launch = "tuneforge baseline " + shlex.join([args.recipe, *args.overrides])
+    metrics = run_baseline(recipe, out, overwrite=args.overwrite, launch=launch)
+    s = metrics["scores"]
+    print(f"{out}: macro_f1 {s['macro_f1']:.4g}, accuracy {s['accuracy']:.4g}; {metrics['train']['seconds']:.0f} s")
+    return 0
+
+
 def cmd_compare(args) -> int:
     from eval.compare import compare_main
 
@@ -118,7 +137,7 @@ def cmd_data(args) -> int:
 
 
 COMMANDS = {"train": cmd_train, "validate": cmd_validate, "eval": cmd_eval, "compare": cmd_compare,
-            "demo": cmd_demo, "data": cmd_data}
+            "demo": cmd_demo, "data": cmd_data, "baseline": cmd_baseline}
 
 
 def main(argv: list[str] | None = None) -> int:

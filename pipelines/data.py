@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import random
 from pathlib import Path
 
 import datasets
@@ -135,7 +136,10 @@ def load_data(data: DataConfig) -> datasets.DatasetDict:
     for split in SPLITS:
         ds = dd[split]
         if limits[split] is not None and len(ds) > limits[split]:
-            ds = ds.select(range(limits[split]))
+            # train_limit takes a fixed-seed random sample (as its description says): built-in sources are sorted
+            # by key, so the first N rows would be e.g. the alphabetically first packages, not a fair sample.
+            rows = sorted(random.Random(0).sample(range(len(ds)), limits[split])) if split == "train" else None
+            ds = ds.select(rows if rows is not None else range(limits[split]))
         if len(ds) == 0:
             raise TuneforgeError(
                 f"data: the {split} split of {data.source!r} is empty after filtering; "

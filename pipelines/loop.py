@@ -434,6 +434,8 @@ def train(recipe: Recipe, run_dir: Path, *, overwrite: bool = False, launch: str
     if main:
         if result.predictions:
             write_jsonl(run_dir / "predictions.jsonl", result.predictions)
+        for name, write in result.artifacts.items():
+            write(run_dir / name)
         runs.write_json(run_dir / "metrics.json", metrics)
         (run_dir / "README.md").write_text(runs.model_card(recipe, metrics, launch))
     accelerator.wait_for_everyone()

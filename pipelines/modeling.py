@@ -101,8 +101,11 @@ def load_model(base: str, auto_class, *, merge: bool = True, **kwargs) -> PreTra
     try:
         if is_adapter(path):
             adapter = json.loads((Path(path) / "adapter_config.json").read_text())
-            if (Path(path) / "config.json").is_file():  # e.g. a classifier's label maps, saved with the adapter
-                kwargs.setdefault("config", AutoConfig.from_pretrained(path))
+            if (Path(path) / "config.json").is_file() and "config" not in kwargs:
+                # e.g. a classifier's label maps, saved with the adapter. Config fields among kwargs (num_labels,
+                # id2label, ...) go onto it: from_pretrained accepts them only when it loads the config itself.
+                loading = {k: kwargs.pop(k) for k in ("attn_implementation", "dtype") if k in kwargs}
+                kwargs = {"config": AutoConfig.from_pretrained(path, **kwargs), **loading}
             inner = load_model(adapter["base_model_name_or_path"], auto_class, **kwargs)
             if (Path(path) / "tokenizer_config.json").is_file():  # tokens added in training (e.g. chat markers)
                 fit_embeddings(inner, len(AutoTokenizer.from_pretrained(path)), initialize=False)

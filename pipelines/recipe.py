@@ -103,6 +103,7 @@ class DataConfig(SourceSpec):
     test_limit: int | None = Field(None, ge=1, description="score the first N test examples (deterministic)")
     top_k_labels: int | None = Field(None, ge=2, description="classification: keep the K most frequent labels")
     other_labels: Literal["drop", "other"] = "drop"
+    num_labels: int | None = Field(None, ge=2, description="classification: expected class count, checked on the data")
 
 
 class GenerationSettings(_Section):

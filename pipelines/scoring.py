@@ -6,6 +6,7 @@ Every score covers exactly the split's examples: batches go through an Accelerat
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -43,6 +44,8 @@ class Scored:
     # When the recipe decides the headline metric (seq2seq: the first of eval.metrics); None: the task's own.
     primary_metric: str | None = None
     greater_is_better: bool | None = None
+    # Extra files for the run folder: name -> writer(path), called on the main process (e.g. a confusion matrix).
+    artifacts: dict[str, Callable[[Path], object]] = field(default_factory=dict)
 
 
 def sorted_loader(ctx: ScoreContext, features: datasets.Dataset | None = None) -> tuple[DataLoader, list[int]]:

@@ -1,0 +1,464 @@
+"""Sequence classification with an encoder (BERT, MiniLM, RoBERTa, DistilBERT): a text (or a pair) -> one label.
+
+Roles: `text` (one column), optional `text_pair` (a second column, encoded as the tokenizer's sentence pair,
+e.g. `[CLS] text [SEP] pair [SEP]` for BERT) and `label`.
+
+The label set comes from the TRAINING split only (`prepare`): labels sorted by training frequency, ties by name;
+`data.top_k_labels` keeps the K most frequent and `data.other_labels` drops the rest or maps them to one extra
+class `other`. Labels of validation/test rows that are not in the label set (outside the top K, or never seen in
+training) are counted and logged, then dropped or mapped to `other` (when that class exists) -- never a crash
+and never a silently wrong index. Ids are stored in a `label_id` column; `id2label`/`label2id` go into the model
+config, which `on_save` writes next to a LoRA adapter so the run loads with plain transformers + peft.
+
+The head is trained in full and saved with a LoRA adapter (PEFT's `modules_to_save`, which PEFT sets to the
+`classifier`/`score` head for `SEQ_CLS`). Batches are length-grouped by the loop (`length` column) and padded to
+a multiple of 8. The loss is the per-example cross-entropy (summed by the loop, one target per example).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from functools import partial
+
+import datasets
+import torch
+import torch.nn.functional as F
+from transformers import AutoModelForSequenceClassification
+
+from pipelines.errors import TuneforgeError
+from pipelines.recipe import Recipe
+from pipelines.scoring import ScoreContext, Scored, sorted_loader
+from pipelines.tasks import Task
+
+logger = logging.getLogger(__name__)
+
+PAD_MULTIPLE = 8  # tensor-core friendly shapes on GPUs; costs < 8 tokens per row
+LABEL_ID = "label_id"  # the column `prepare` adds to every split: the example's class id
+OTHER = "other"  # the extra class that labels outside the top K map to when data.other_labels is "other"
+TOP_PROBABILITIES = 3  # classes (with probabilities) listed per example in predictions.jsonl
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+_LABEL_TYPES = (str, int, bool)
+_SHOWN = 5  # how many offending rows / labels an error or log line names
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Columns and labels
+
+
+def role_column(recipe: Recipe, role: str) -> str | None:
+    """The single column mapped to `role`, or None when the (optional) role is unmapped.
+
+    Raises:
+        TuneforgeError: the role is mapped to a list of columns.
+    """
+    col = recipe.data.columns.get(role)
+    if isinstance(col, list):
+        if len(col) != 1:
+            hint = "; map a second text column to text_pair" if role == "text" else ""
+            raise TuneforgeError(f"data.columns.{role}: one column, got {col}{hint}")
+        col = col[0]
+    return col
+
+
+def _label_values(ds: datasets.Dataset, col: str, split: str) -> list:
+    """The label column as Python values; a `ClassLabel` column gives its names (e.g. "positive", not 1).
+
+    Raises:
+        TuneforgeError: missing labels (None, or a ClassLabel's -1, e.g. GLUE test splits), floats, or a column
+            mixing types (e.g. "3" and 3).
+    """
+    feature = ds.features[col]
+    values = list(ds[col])
+    if not values:
+        return values
+    missing = [i for i, v in enumerate(values) if v is None or (isinstance(feature, datasets.ClassLabel) and v < 0)]
+    if missing:
+        raise TuneforgeError(
+            f"data.columns.label: {len(missing)} {split} row(s) have no label in column {col!r} (rows "
+            f"{missing[:_SHOWN]}); fill them in or drop them (a Hub test split without labels: set "
+            "data.splits.test to a labelled split, e.g. validation)"
+        )
+    if isinstance(feature, datasets.ClassLabel):
+        return [feature.names[v] for v in values]
+    types = Counter(type(v).__name__ for v in values)
+    if len(types) > 1 or not isinstance(values[0], _LABEL_TYPES):
+        example = {t: next(v for v in values if type(v).__name__ == t) for t in types}
+        raise TuneforgeError(
+            f"data.columns.label: column {col!r} of the {split} split holds {dict(types)} values (e.g. {example}); "
+            "class labels must be all strings or all integers; convert the column to one type"
+        )
+    return values
+
+
+def _check_texts(ds: datasets.Dataset, col: str, role: str, split: str) -> None:
+    """Raises TuneforgeError for empty (or non-string) texts, naming the rows."""
+    bad = [i for i, t in enumerate(ds[col]) if not isinstance(t, str) or not t.strip()]
+    if bad:
+        raise TuneforgeError(
+            f"data.columns.{role}: {len(bad)} {split} row(s) of column {col!r} are empty or not text (rows "
+            f"{bad[:_SHOWN]}); remove those rows or map {role} to another column"
+        )
+
+
+def label_set(train_labels: list, top_k: int | None, other_labels: str) -> tuple[list, bool]:
+    """The classes, from the training labels: most frequent first, ties by name (value).
+
+    Args:
+        train_labels: one label value per training example (all of one type).
+        top_k: keep only the K most frequent labels (None: all).
+        other_labels: "drop" or "other" (the labels beyond the top K become one extra class `other`, last).
+
+    Returns:
+        (kept label values in class-id order, whether the class `other` follows them).
+
+    Raises:
+        TuneforgeError: fewer than two classes, or a kept label named "other" clashing with the extra class.
+    """
+    counts = Counter(train_labels)
+    ranked = sorted(counts, key=lambda v: (-counts[v], v))
+    kept = ranked[:top_k] if top_k else ranked
+    with_other = other_labels == "other" and len(kept) < len(ranked)
+    if with_other and OTHER in {str(v) for v in kept}:
+        raise TuneforgeError(
+            f"data.other_labels: the data already has a label {OTHER!r} among the top {top_k}; merging other "
+            "labels into it would be ambiguous; set data.other_labels=drop or rename that label"
+        )
+    if len(kept) + with_other < 2:
+        raise TuneforgeError(
+            f"data.columns.label: the training split has {len(ranked)} distinct label(s) {ranked[:_SHOWN]}; "
+            "classification needs at least 2"
+        )
+    return kept, with_other
+
+
+def map_labels(recipe: Recipe, data: datasets.DatasetDict) -> tuple[datasets.DatasetDict, list[str], dict]:
+    """Validate texts and labels, build the label set from the training split, add a `label_id` column.
+
+    Args:
+        recipe: uses data.columns (text, text_pair, label), data.top_k_labels, data.other_labels, data.num_labels.
+        data: raw "train", "validation", "test" rows.
+
+    Returns:
+        (data with `label_id` and without the rows whose label was dropped, label names in id order,
+        report {split: {"dropped": n, "to_other": n, "unseen": {label: n}}}: rows whose label is outside the
+        label set, and among them the labels never seen in training).
+
+    Raises:
+        TuneforgeError: empty texts, missing or mixed-type labels, fewer than 2 classes, a split left empty,
+            or data.num_labels disagreeing with the label set.
+    """
+    cfg = recipe.data
+    text_col, pair_col = role_column(recipe, "text"), role_column(recipe, "text_pair")
+    label_col = role_column(recipe, "label")
+    values = {}
+    for split, ds in data.items():
+        _check_texts(ds, text_col, "text", split)
+        if pair_col is not None:
+            _check_texts(ds, pair_col, "text_pair", split)
+        values[split] = _label_values(ds, label_col, split)
+    kinds = {split: type(v[0]).__name__ for split, v in values.items() if v}
+    if len(set(kinds.values())) > 1:
+        raise TuneforgeError(
+            f"data.columns.label: column {label_col!r} has different types per split ({kinds}); "
+            "class labels must be all strings or all integers"
+        )
+    kept, with_other = label_set(values["train"], cfg.top_k_labels, cfg.other_labels)
+    names = [str(v) for v in kept] + ([OTHER] if with_other else [])
+    if cfg.num_labels is not None and cfg.num_labels != len(names):
+        raise TuneforgeError(
+            f"data.num_labels: {cfg.num_labels}, but the training split gives {len(names)} classes "
+            f"({names[:_SHOWN]}{', ...' if len(names) > _SHOWN else ''}); set data.num_labels={len(names)} or "
+            "data.top_k_labels to the number of classes wanted"
+        )
+    ids = {v: i for i, v in enumerate(kept)}
+    other_id = len(kept) if with_other else None
+    seen = set(values["train"])
+    out, report = {}, {}
+    for split, ds in data.items():
+        mapped = [ids.get(v, other_id) for v in values[split]]
+        outside = Counter(v for v in values[split] if v not in ids)
+        unseen = {str(v): n for v, n in sorted(outside.items(), key=lambda kv: (-kv[1], kv[0])) if v not in seen}
+        n_out = sum(outside.values())
+        report[split] = {"dropped": n_out if other_id is None else 0, "to_other": 0 if other_id is None else n_out,
+                         "unseen": unseen}
+        if n_out:
+            what = "dropped" if other_id is None else f"mapped to {OTHER!r}"
+            shown = ", ".join(f"{k} ({n})" for k, n in list(unseen.items())[:_SHOWN])
+            logger.warning(
+                "classification: %d %s row(s) have a label outside the %d classes (%s)%s",
+                n_out, split, len(names), what, f"; never seen in training: {shown}" if unseen else "",
+            )
+        if LABEL_ID in ds.column_names:  # the label column itself may be called label_id; its values are read
+            ds = ds.remove_columns(LABEL_ID)
+        keep = [i for i, m in enumerate(mapped) if m is not None]
+        if not keep:
+            raise TuneforgeError(
+                f"data: no {split} rows are left after dropping labels outside the {len(names)} classes; "
+                "raise data.top_k_labels or set data.other_labels=other"
+            )
+        if len(keep) < len(mapped):
+            ds, mapped = ds.select(keep), [mapped[i] for i in keep]
+        out[split] = ds.add_column(LABEL_ID, mapped)
+    return datasets.DatasetDict(out), names, report
+
+
+def prepare(recipe: Recipe, data: datasets.DatasetDict, tokenizer) -> tuple[datasets.DatasetDict, dict]:
+    """The label set and ids (see `map_labels`), and the label maps for `from_pretrained`.
+
+    Also sets `tokenizer.model_max_length` to `data.max_length`, so the tokenizer saved with the run truncates
+    exactly as training and scoring did (`predict_proba` uses it by default).
+
+    Returns:
+        (data with `label_id`, {"num_labels", "id2label", "label2id", "problem_type"}).
+    """
+    data, names, _ = map_labels(recipe, data)
+    if tokenizer is not None:
+        tokenizer.model_max_length = recipe.data.max_length
+    kwargs = {
+        "num_labels": len(names),
+        "id2label": dict(enumerate(names)),
+        "label2id": {name: i for i, name in enumerate(names)},
+        "problem_type": "single_label_classification",
+    }
+    return data, kwargs
+
+
+def label_names(model) -> list[str]:
+    """Class names in id order from a (possibly PEFT- or DDP-wrapped) classifier's config."""
+    while not hasattr(model, "config") and hasattr(model, "module"):
+        model = model.module  # DistributedDataParallel
+    id2label = model.config.id2label
+    return [str(id2label[i]) for i in range(len(id2label))]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tokens and batches
+
+
+def encode(tokenizer, texts: list[str], pairs: list[str] | None, max_length: int) -> dict[str, list]:
+    """Tokenize texts (or text pairs) with the model's special tokens, truncated to `max_length` tokens.
+
+    Pairs are truncated longest-first (transformers' default), so both parts keep their beginnings.
+
+    Returns:
+        {"input_ids", "length", and "token_type_ids" when the tokenizer makes them}: one list per text.
+    """
+    enc = tokenizer(list(texts), list(pairs) if pairs is not None else None, truncation=True, max_length=max_length)
+    out = {"input_ids": enc["input_ids"], "length": [len(ids) for ids in enc["input_ids"]]}
+    if "token_type_ids" in enc:
+        out["token_type_ids"] = enc["token_type_ids"]
+    return out
+
+
+def tokenize(rows: datasets.Dataset, tokenizer, recipe: Recipe, split: str) -> datasets.Dataset:
+    """Rows (with `label_id` from `prepare`) -> `input_ids`, [`token_type_ids`], `labels` and `length`."""
+    text_col, pair_col = role_column(recipe, "text"), role_column(recipe, "text_pair")
+
+    def fn(batch: dict) -> dict:
+        pairs = batch[pair_col] if pair_col else None
+        return {**encode(tokenizer, batch[text_col], pairs, recipe.data.max_length), "labels": batch[LABEL_ID]}
+
+    return rows.map(fn, batched=True, batch_size=1000, remove_columns=rows.column_names, desc=f"tokenize {split}")
+
+
+def collate(features: list[dict], tokenizer, recipe: Recipe | None = None) -> dict[str, torch.Tensor]:
+    """Right-pad to the longest row rounded up to a multiple of 8; the attention mask is 0 on padding.
+
+    Returns:
+        input_ids, attention_mask [, token_type_ids]: [B, T] int64; labels [B] int64 when the rows have them.
+    """
+    width = max(len(f["input_ids"]) for f in features)
+    width = -(-width // PAD_MULTIPLE) * PAD_MULTIPLE
+    ids = torch.full((len(features), width), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(features), width), dtype=torch.long)
+    types = torch.zeros((len(features), width), dtype=torch.long) if "token_type_ids" in features[0] else None
+    for i, f in enumerate(features):
+        n = len(f["input_ids"])
+        ids[i, :n] = torch.tensor(f["input_ids"])
+        mask[i, :n] = 1
+        if types is not None:
+            types[i, :n] = torch.tensor(f["token_type_ids"])
+    batch = {"input_ids": ids, "attention_mask": mask}
+    if types is not None:
+        batch["token_type_ids"] = types
+    if "labels" in features[0]:
+        batch["labels"] = torch.tensor([f["labels"] for f in features], dtype=torch.long)
+    return batch
+
+
+def logits(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Class logits [B, num_labels] in float32 (the model may run in bf16)."""
+    return model(**{k: batch[k] for k in MODEL_INPUTS if k in batch}).logits.float()
+
+
+def loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-example cross-entropy (nats) and one target per example.
+
+    Returns:
+        (nll [B] float32, count [B] int64 of ones)
+    """
+    nll = F.cross_entropy(logits(model, batch), batch["labels"], reduction="none")
+    return nll, torch.ones_like(batch["labels"])
+
+
+def num_targets(batch: dict[str, torch.Tensor]) -> int:
+    """One target per example."""
+    return int(batch["labels"].numel())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Prediction and scores
+
+
+@torch.no_grad()
+def predict_proba(model, tokenizer, texts: list[str], text_pairs: list[str] | None = None, batch_size: int = 32,
+                  max_length: int | None = None) -> torch.Tensor:
+    """Class probabilities for raw texts: the computation the run's scores come from, on one process.
+
+    Texts are sorted by length and batched (padding never changes a prediction: padded positions are masked).
+
+    Args:
+        model: a classifier (plain or PEFT-wrapped), on any device.
+        tokenizer: its tokenizer (a run's saved tokenizer truncates at the run's data.max_length).
+        texts: N texts.
+        text_pairs: N second texts for pair classification, or None.
+        batch_size: texts per forward pass.
+        max_length: tokens per input; None: `tokenizer.model_max_length` capped at the model's positions.
+
+    Returns:
+        [N, num_labels] float32 CPU tensor of probabilities (softmax of the logits), rows in input order.
+
+    Raises:
+        TuneforgeError: text_pairs of a different length than texts.
+    """
+    if text_pairs is not None and len(text_pairs) != len(texts):
+        raise TuneforgeError(f"predict_proba: {len(texts)} texts but {len(text_pairs)} text_pairs")
+    if max_length is None:
+        positions = getattr(model.config, "max_position_embeddings", None) or 512
+        max_length = min(tokenizer.model_max_length, positions)
+    enc = encode(tokenizer, texts, text_pairs, max_length)
+    rows = [{k: enc[k][i] for k in enc} for i in range(len(texts))]
+    order = sorted(range(len(rows)), key=lambda i: -rows[i]["length"])
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out = torch.empty((len(rows), len(label_names(model))), dtype=torch.float32)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        batch = {k: v.to(device) for k, v in collate([rows[i] for i in idx], tokenizer).items()}
+        out[idx] = logits(model, batch).softmax(dim=-1).cpu()
+    model.train(was_training)
+    return out
+
+
+@torch.no_grad()
+def test_log_probs(ctx: ScoreContext) -> torch.Tensor:
+    """Log class probabilities for every test example, gathered from all processes.
+
+    Returns:
+        [N, num_labels] float32 CPU tensor in the split's original order.
+    """
+    loader, order = sorted_loader(ctx)
+    was_training = ctx.model.training
+    ctx.model.eval()
+    parts = []
+    for batch in loader:
+        parts.append(ctx.accelerator.gather_for_metrics(logits(ctx.model, batch).log_softmax(dim=-1)).cpu())
+    ctx.model.train(was_training)
+    sorted_lp = torch.cat(parts)
+    out = torch.empty_like(sorted_lp)
+    out[torch.tensor(order)] = sorted_lp
+    return out
+
+
+def score(ctx: ScoreContext) -> Scored:
+    """Accuracy, macro/weighted F1, per-class precision/recall/F1 and mean cross-entropy on the test split.
+
+    Also a confusion-matrix PNG (`confusion_matrix.png`, written by the loop into the run folder) and one
+    prediction per example with its top-3 class probabilities.
+    """
+    log_probs = test_log_probs(ctx)
+    names = label_names(ctx.accelerator.unwrap_model(ctx.model))
+    y_true = [int(y) for y in ctx.features["labels"]]
+    text_col, pair_col = role_column(ctx.recipe, "text"), role_column(ctx.recipe, "text_pair")
+    pairs = ctx.rows[pair_col] if pair_col else None
+    return scored(log_probs, y_true, names, list(ctx.rows[text_col]), list(pairs) if pairs is not None else None)
+
+
+def scored(log_probs: torch.Tensor, y_true: list[int], names: list[str], texts: list[str],
+           pairs: list[str] | None = None, settings: dict | None = None) -> Scored:
+    """Scores, predictions and the confusion matrix from class log-probabilities (shared with the baseline).
+
+    Args:
+        log_probs: [N, C] log class probabilities, rows in test-split order.
+        y_true: N true class ids.
+        names: C class names in id order.
+        texts / pairs: the N inputs, shown in predictions.jsonl.
+        settings: extra metric settings to record (e.g. the baseline's vectorizer).
+
+    Returns:
+        Scored with scores {accuracy, macro_f1, weighted_f1, micro_f1, mcc, per_class, loss}, predictions
+        [{id, text, [text_pair], reference, prediction, probabilities (top 3)}] and the confusion-matrix artifact.
+    """
+    from eval.metrics import classification_scores
+    from eval.plots import confusion_matrix_png
+
+    y_pred = log_probs.argmax(dim=-1).tolist()
+    scores = classification_scores(y_true, y_pred, labels=list(range(len(names))), label_names=names)
+    nll = -log_probs[torch.arange(len(y_true)), torch.tensor(y_true, dtype=torch.long)]
+    scores["loss"] = float(nll.double().mean())  # mean cross-entropy per example, nats
+    top_p, top_i = log_probs.exp().topk(min(TOP_PROBABILITIES, len(names)), dim=-1)
+    predictions = []
+    for i, (t, p) in enumerate(zip(y_true, y_pred, strict=True)):
+        row = {"id": i, "text": texts[i]}
+        if pairs is not None:
+            row["text_pair"] = pairs[i]
+        top = zip(top_i[i].tolist(), top_p[i].tolist(), strict=True)
+        row.update(reference=names[t], prediction=names[p], probabilities={names[c]: float(q) for c, q in top})
+        predictions.append(row)
+    metric_settings = {
+        "classification": {
+            "labels": names,
+            "averages": "macro/weighted/micro over the classes present in references or predictions "
+                        "(scikit-learn); per_class lists every class",
+            "scale": "0-1",
+            "loss": "mean cross-entropy per example, nats",
+        },
+        **(settings or {}),
+    }
+    return Scored(scores=scores, settings=metric_settings, predictions=predictions,
+                  artifacts={"confusion_matrix.png": partial(confusion_matrix_png, y_true, y_pred, names)})
+
+
+def on_save(model_dir, model, tokenizer, recipe: Recipe) -> None:
+    """Write the model config (label maps) next to a LoRA adapter; a full model's save already holds it.
+
+    With config.json beside the adapter, plain transformers + peft restore the right head:
+    `AutoModelForSequenceClassification.from_pretrained(base, config=AutoConfig.from_pretrained(model_dir))`
+    then `PeftModel.from_pretrained(that, model_dir)`.
+    """
+    from peft import PeftModel
+
+    if isinstance(model, PeftModel):
+        inner = model.get_base_model()
+        inner.config.architectures = [type(inner).__name__]  # the base's config names its headless class
+        inner.config.save_pretrained(model_dir)
+
+
+TASK = Task(
+    name="classification",
+    auto_model=AutoModelForSequenceClassification,
+    peft_task_type="SEQ_CLS",
+    roles=("text", "label"),
+    optional_roles=("text_pair",),
+    primary_metric="macro_f1",
+    greater_is_better=True,
+    tokenize=tokenize,
+    collate=collate,
+    loss=loss,
+    num_targets=num_targets,
+    score=score,
+    prepare=prepare,
+    on_save=on_save,
+)
