@@ -88,7 +88,8 @@ def test_discovery_offers_finished_runs_labelled_with_task_base_and_score(served
     assert "gpt-tiny" not in side and "gpt-lora" in side  # a scratch run has no base to compare with
     header, *selected = client.predict(*[None] * 6, api_name="/refresh_runs")
     assert f"Serving {len(keys)} finished runs" in header
-    assert selected[0] == "gpt-doomed"  # first generator run, by name
+    assert selected[0]["value"] == "gpt-doomed"  # nothing was selected: the first generator run, by name
+    assert [key for _, key in selected[0]["choices"]] == ["gpt-doomed", "gpt-lora", "gpt-tiny"]
 
 
 def test_generator_streams_every_chunk_and_greedy_is_deterministic(client, runs_root):
