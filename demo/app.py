@@ -1,0 +1,537 @@
+"""The Gradio app: every finished run under a folder, one tab per model family.
+
+`tuneforge demo runs/` calls `launch("runs/")`. Tabs: Generator (streamed continuation), Chat (multi-turn,
+streamed, the run's own chat template), Translate / Summarize (beam search), Classify (label probabilities),
+Side by side (base model and finetuned run on one input) and Leaderboard (`tuneforge compare` tables and charts,
+per-run recipe, metrics and loss curve).
+
+Safe defaults: binds 127.0.0.1 and makes no public share link unless asked; inputs are limited in length with a
+visible message; a queue with a concurrency limit; every error becomes a message in the UI while the server keeps
+serving; models load from safetensors with remote code disabled (`pipelines.modeling`); the UI only offers runs it
+discovered and never takes a file path.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import html
+import inspect
+import logging
+import tempfile
+import threading
+from pathlib import Path
+
+import gradio as gr
+
+from demo.inference import (
+    GENERATIVE_TASKS,
+    chat_input,
+    decoding,
+    label_probabilities,
+    model_input,
+    stream_text,
+)
+from demo.models import LoadedModel, Registry
+from pipelines.errors import TuneforgeError
+from pipelines.runs import RunInfo
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CACHE_MB = 2048  # loaded models' parameter + buffer bytes; least recently used models are dropped first
+DEFAULT_MAX_INPUT_CHARS = 4000
+DEFAULT_CONCURRENCY = 2  # requests computing at once; the rest wait in the queue (CPU inference is compute-bound)
+HISTORY_LIMIT = 20  # a chat conversation may hold this many times the input limit (older turns are cut anyway)
+QUEUE_SIZE = 64  # waiting requests beyond this are refused with "queue is full" instead of piling up
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+# Which runs each tab offers, by the task recorded in metrics.json.
+TAB_TASKS = {
+    "generator": ("causal_lm",),
+    "chat": ("chat",),
+    "seq2seq": ("seq2seq", "denoising"),
+    "classify": ("classification",),
+    "side_by_side": (*GENERATIVE_TASKS, "classification"),
+    "details": None,  # every run
+}
+
+
+def user_error(message: str) -> gr.Error:
+    """An error message for the UI; no traceback in the server log (bad input is not a server problem)."""
+    return gr.Error(message, print_exception=False)
+
+
+def shown_in_ui(fn):
+    """Turn any failure of a handler into an error message in the UI; the server keeps serving.
+
+    `TuneforgeError` (bad input the user can fix) shows its own message; anything else is logged with its
+    traceback and shown by type and message. Works for plain and generator (streaming) handlers.
+    """
+
+    def convert(exc: Exception) -> gr.Error:
+        if isinstance(exc, TuneforgeError):
+            return user_error(str(exc))
+        log.exception("demo handler %s failed", fn.__name__)
+        return user_error(f"{type(exc).__name__}: {exc} (details in the server log)")
+
+    if inspect.isgeneratorfunction(fn):
+
+        @functools.wraps(fn)
+        def stream(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+            except gr.Error:
+                raise
+            except Exception as exc:
+                raise convert(exc) from exc
+
+        return stream
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except Exception as exc:
+            raise convert(exc) from exc
+
+    return call
+
+
+class Handlers:
+    """What each tab does, over one runs folder.
+
+    Args:
+        registry: the runs and the model cache.
+        max_input_chars: longest text accepted from the UI (characters).
+    """
+
+    def __init__(self, registry: Registry, max_input_chars: int):
+        self.registry = registry
+        self.max_input_chars = max_input_chars
+        self._charts = tempfile.TemporaryDirectory(prefix="tuneforge-demo-")  # removed when the app goes away
+        self._plot_lock = threading.Lock()  # matplotlib's pyplot is not thread-safe
+
+    # -- shared checks ------------------------------------------------------------------------------------------
+
+    def text(self, value: str | None, what: str) -> str:
+        """The user's text, refused (with a message) when empty or over the length limit."""
+        if value is None or not str(value).strip():
+            raise user_error(f"{what}: empty; type some text first")
+        if len(value) > self.max_input_chars:
+            raise user_error(
+                f"{what}: {len(value):,} characters is over this demo's limit of {self.max_input_chars:,}; shorten it"
+            )
+        return value
+
+    def model(self, key: str | None, tab: str) -> LoadedModel:
+        """The run's model, checked to belong to `tab`; says so in the UI when it loads for the first time."""
+        run = self.registry.run(key)
+        tasks = TAB_TASKS[tab]
+        if tasks is not None and run.task not in tasks:
+            raise TuneforgeError(f"run: {run.name!r} is a {run.task} run; this tab serves {', '.join(tasks)} runs")
+        if run.path.name not in self.registry.cache.keys:
+            gr.Info(f"Loading {run.name} (first use)")
+        return self.registry.finetuned(key)
+
+    @staticmethod
+    def notes(notes: list[str]) -> None:
+        for note in notes:
+            gr.Warning(note)
+
+    # -- tabs ---------------------------------------------------------------------------------------------------
+
+    @shown_in_ui
+    def generate(self, run: str, prompt: str, temperature: float, top_p: float, max_new_tokens: int):
+        """Generator tab: the continuation of `prompt`, streamed; temperature 0 is greedy (deterministic)."""
+        text = self.text(prompt, "prompt")
+        loaded = self.model(run, "generator")
+        settings = decoding(max_new_tokens, temperature, top_p)
+        inputs = model_input(loaded, text, settings.max_new_tokens)
+        self.notes(inputs.notes)
+        yield from stream_text(loaded, inputs, settings)
+
+    @shown_in_ui
+    def chat(self, run: str, message: str, history: list | None, temperature: float, top_p: float,
+             max_new_tokens: int):  # fmt: skip
+        """Chat tab: the conversation with the answer streamed in; clears the message box."""
+        text = self.text(message, "message")
+        turns = plain_history(history) + [{"role": "user", "content": text}]
+        if sum(len(turn["content"]) for turn in turns) > HISTORY_LIMIT * self.max_input_chars:
+            raise user_error("conversation: too long for this demo; press Clear and start a new one")
+        loaded = self.model(run, "chat")
+        settings = decoding(max_new_tokens, temperature, top_p)
+        inputs = chat_input(loaded, turns, settings.max_new_tokens)
+        self.notes(inputs.notes)
+        yield turns, ""
+        for answer in stream_text(loaded, inputs, settings):
+            # A chat bubble does not show leading whitespace; strip it so the value is what the user sees.
+            yield turns + [{"role": "assistant", "content": answer.lstrip()}], ""
+
+    @shown_in_ui
+    def seq2seq(self, run: str, source: str, num_beams: int, length_penalty: float, no_repeat_ngram_size: int,
+                max_new_tokens: int):  # fmt: skip
+        """Translate / Summarize tab: the generated target (one piece with beam search, streamed without)."""
+        text = self.text(source, "source text")
+        loaded = self.model(run, "seq2seq")
+        settings = decoding(max_new_tokens, 0.0, 1.0, num_beams, length_penalty, no_repeat_ngram_size)
+        inputs = model_input(loaded, text, settings.max_new_tokens)
+        self.notes(inputs.notes)
+        yield from stream_text(loaded, inputs, settings)
+
+    @shown_in_ui
+    def classify(self, run: str, text: str, pair: str | None) -> dict[str, float]:
+        """Classify tab: probability per label, highest first."""
+        text = self.text(text, "text")
+        loaded = self.model(run, "classify")
+        pair = self._pair(loaded, pair)
+        return label_probabilities(loaded, text, pair)
+
+    @shown_in_ui
+    def side_by_side(self, run: str, text: str, max_new_tokens: int):
+        """Side by side tab: the base model's output, then the finetuned run's, both greedy."""
+        text = self.text(text, "input")
+        tuned = self.model(run, "side_by_side")
+        base, adapter_off = self.registry.base(run)
+        if tuned.recipe.task == "classification":
+            before = label_probabilities(base, text, adapter_off=adapter_off)
+            yield format_labels(before), format_labels(label_probabilities(tuned, text))
+            return
+        # The run's own scoring settings (e.g. beams for seq2seq), greedy so both sides are reproducible.
+        settings = tuned.recipe.eval.generation.model_copy(update={"do_sample": False})
+        inputs = model_input(tuned, text, int(max_new_tokens))
+        self.notes(inputs.notes)
+        before = ""
+        for before in stream_text(base, inputs, settings, adapter_off=adapter_off):
+            yield before, ""
+        for after in stream_text(tuned, inputs, settings):
+            yield before, after
+
+    @shown_in_ui
+    def leaderboard(self) -> tuple[str, str]:
+        """Leaderboard tab: the comparison tables (markdown) and one bar chart per table (HTML, embedded PNGs)."""
+        from eval.compare import bar_chart_png, build_tables, chart_name, collect_runs, render_markdown
+
+        root = self.registry.catalog.root
+        runs, problems = collect_runs([self.registry.catalog.path])
+        if not runs and not problems:
+            return f"No runs under `{root}` yet. Train one: `tuneforge train recipes/gpt/pretrain-tiny.yaml`", ""
+        tables = build_tables(runs)
+        with self._plot_lock:
+            charts = [(t.title, bar_chart_png(t, Path(self._charts.name) / chart_name(t))) for t in tables]
+        return render_markdown(tables, problems), charts_html(charts)
+
+    @shown_in_ui
+    def run_details(self, run: str | None) -> tuple[str, dict, str | None]:
+        """Leaderboard tab: one run's resolved recipe, metrics.json and loss curve picture (empty: no run picked)."""
+        from eval.plots import loss_curve_png
+
+        if not run:
+            return "", {}, None
+        info = self.registry.run(run)
+        recipe = (info.path / "recipe.yaml").read_text(encoding="utf-8")
+        picture = Path(self._charts.name) / f"loss-{info.path.name}.png"
+        with self._plot_lock:
+            try:
+                curve = str(loss_curve_png(info.path / "log.jsonl", picture))
+            except TuneforgeError as exc:  # nothing logged: show the rest anyway
+                gr.Warning(str(exc))
+                curve = None
+        return recipe, info.metrics, curve
+
+    def side_labels(self, run: str | None) -> tuple[dict, dict]:
+        """Side by side: name the two outputs after the run's base and the run."""
+        found = next((r for r in self.registry.catalog.runs() if r.path.name == run), None)
+        if found is None:
+            return gr.update(label="Base model"), gr.update(label="Finetuned run")
+        return gr.update(label=f"Base: {found.base_model}"), gr.update(label=f"Finetuned: {found.name}")
+
+    def seq2seq_defaults(self, run: str | None) -> tuple[dict, dict, dict, dict]:
+        """Translate / Summarize: start the beam controls at the settings the run was scored with."""
+        from pipelines.runs import load_run_recipe
+
+        try:
+            gen = load_run_recipe(self.registry.catalog.get(run).path).eval.generation
+        except TuneforgeError:
+            return gr.update(), gr.update(), gr.update(), gr.update()
+        return (gr.update(value=gen.num_beams), gr.update(value=gen.length_penalty),
+                gr.update(value=gen.no_repeat_ngram_size), gr.update(value=gen.max_new_tokens))  # fmt: skip
+
+    def refresh(self, *selected: str | None) -> list:
+        """Rescan the runs folder: the header and every tab's run list (keeping each selection that still exists)."""
+        self.registry.catalog.refresh()
+        updates: list = [header_text(self.registry)]
+        for tab, current in zip(TAB_TASKS, selected, strict=True):
+            choices = run_choices(self.registry, tab)
+            keys = [key for _, key in choices]
+            value = current if current in keys else (keys[0] if keys else None)
+            updates.append(gr.update(choices=choices, value=value))
+        return updates
+
+    def _pair(self, loaded: LoadedModel, pair: str | None) -> str | None:
+        takes_pairs = "text_pair" in loaded.recipe.data.columns
+        if pair and pair.strip() and not takes_pairs:
+            gr.Warning(f"{loaded.key} classifies single texts; the second text is ignored")
+        if not takes_pairs:
+            return None
+        return self.text(pair, "second text")
+
+
+def plain_history(history: list | None) -> list[dict]:
+    """Chatbot messages (Gradio 6 gives `content` as a list of typed parts) -> `{"role", "content": str}`."""
+    out = []
+    for message in history or []:
+        role, content = message.get("role"), message.get("content")
+        if role not in ("user", "assistant"):
+            continue
+        if isinstance(content, list):
+            content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
+        out.append({"role": role, "content": str(content or "")})
+    return out
+
+
+def charts_html(charts: list[tuple[str, Path]]) -> str:
+    """PNG charts as one HTML block (embedded as data URIs, so nothing on disk is served to the browser)."""
+    figures = []
+    for title, path in charts:
+        data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+        figures.append(f'<figure><img alt="{html.escape(title)}" src="data:image/png;base64,{data}" '
+                       f'style="max-width: 700px; width: 100%"><figcaption>{html.escape(title)}</figcaption></figure>')
+    return "\n".join(figures)
+
+
+def format_labels(probs: dict[str, float], top: int = 3) -> str:
+    """`label 0.83 · other 0.10 · ...` for the side-by-side text boxes."""
+    return " · ".join(f"{label} {p:.3f}" for label, p in list(probs.items())[:top])
+
+
+def run_choices(registry: Registry, tab: str) -> list[tuple[str, str]]:
+    """(label shown, run key) for the runs a tab serves."""
+    runs: list[RunInfo] = registry.catalog.runs(TAB_TASKS[tab], with_base=tab == "side_by_side")
+    return [(run.label, run.path.name) for run in runs]
+
+
+def header_text(registry: Registry) -> str:
+    """The line above the tabs: how many runs, from where, and the cache budget."""
+    runs = registry.catalog.runs()
+    count = f"{len(runs)} finished run{'s' if len(runs) != 1 else ''}"
+    hint = "" if runs else " Train one (`tuneforge train recipes/gpt/pretrain-tiny.yaml`), then press Refresh runs."
+    limit = registry.cache.max_bytes / 2**20
+    return (
+        f"## tuneforge demo\nServing {count} from `{registry.catalog.root}`.{hint} Models load on first use and "
+        f"stay cached up to {limit:,.0f} MiB."
+    )
+
+
+# -- layout: one builder per tab ------------------------------------------------------------------------------------
+
+
+def run_dropdown(registry: Registry, tab: str) -> gr.Dropdown:
+    """The runs `tab` serves, labelled with task, base and primary score; the first one selected."""
+    choices = run_choices(registry, tab)
+    return gr.Dropdown(choices=choices, value=choices[0][1] if choices else None, label="Run", elem_id=f"{tab}-run")
+
+
+def input_box(label: str, limit: int, elem_id: str, lines: int = 4) -> gr.Textbox:
+    return gr.Textbox(label=label, lines=lines, info=f"Up to {limit:,} characters.", elem_id=elem_id)
+
+
+def sampling_controls(prefix: str) -> tuple[gr.Slider, gr.Slider, gr.Slider]:
+    temperature = gr.Slider(0.0, 2.0, value=0.7, step=0.05, label="Temperature", info="0 = greedy (deterministic)",
+                            elem_id=f"{prefix}-temperature")  # fmt: skip
+    top_p = gr.Slider(0.05, 1.0, value=0.95, step=0.05, label="Top-p", info="nucleus sampling (Holtzman et al. 2020)",
+                      elem_id=f"{prefix}-top-p")  # fmt: skip
+    max_tokens = gr.Slider(1, 512, value=64, step=1, label="Max new tokens", elem_id=f"{prefix}-max-tokens")
+    return temperature, top_p, max_tokens
+
+
+def generator_tab(h: Handlers) -> gr.Dropdown:
+    """Generator tab (`/generate`); returns its run list."""
+    with gr.Tab("Generator", id="generator"):
+        gr.Markdown("Prompt → continuation, streamed token by token.")
+        run = run_dropdown(h.registry, "generator")
+        prompt = input_box("Prompt", h.max_input_chars, "generator-prompt")
+        with gr.Row():
+            temperature, top_p, max_tokens = sampling_controls("generator")
+        go = gr.Button("Generate", variant="primary", elem_id="generator-go")
+        out = gr.Textbox(label="Continuation", lines=8, interactive=False, elem_id="generator-out")
+    go.click(h.generate, [run, prompt, temperature, top_p, max_tokens], out, api_name="generate")
+    return run
+
+
+def chat_tab(h: Handlers) -> gr.Dropdown:
+    """Chat tab (`/chat`); returns its run list."""
+    with gr.Tab("Chat", id="chat"):
+        gr.Markdown("A conversation with a chat run, in the run's own chat template; answers stream in.")
+        run = run_dropdown(h.registry, "chat")
+        bot = gr.Chatbot(label="Conversation", height=320, elem_id="chat-bot")
+        message = gr.Textbox(label="Message", lines=2, info=f"Up to {h.max_input_chars:,} characters.",
+                             elem_id="chat-message")  # fmt: skip
+        with gr.Row():
+            temperature, top_p, max_tokens = sampling_controls("chat")
+        with gr.Row():
+            send = gr.Button("Send", variant="primary", elem_id="chat-send")
+            clear = gr.Button("Clear")
+    inputs = [run, message, bot, temperature, top_p, max_tokens]
+    send.click(h.chat, inputs, [bot, message], api_name="chat")
+    message.submit(h.chat, inputs, [bot, message], api_visibility="private")
+    clear.click(lambda: ([], ""), None, [bot, message], api_visibility="private", queue=False)
+    return run
+
+
+def seq2seq_tab(h: Handlers) -> tuple[gr.Dropdown, list[gr.Slider]]:
+    """Translate / Summarize tab (`/seq2seq`); returns its run list and its decoding controls."""
+    with gr.Tab("Translate / Summarize", id="seq2seq"):
+        gr.Markdown("Source text → generated text (translation, summarization) with beam search. Denoising runs "
+                    "(BART pretraining) fill in `<mask>` spans.")
+        run = run_dropdown(h.registry, "seq2seq")
+        source = input_box("Source text", h.max_input_chars, "seq2seq-source")
+        with gr.Row():
+            beams = gr.Slider(1, 8, value=4, step=1, label="Beams", info="1 = greedy, streamed")
+            penalty = gr.Slider(0.0, 2.0, value=1.0, step=0.1, label="Length penalty",
+                                info=">1 favours longer outputs")
+            no_repeat = gr.Slider(0, 6, value=0, step=1, label="No-repeat n-gram size", info="0 = off")
+            max_tokens = gr.Slider(1, 512, value=64, step=1, label="Max new tokens", elem_id="seq2seq-max-tokens")
+        go = gr.Button("Run", variant="primary", elem_id="seq2seq-go")
+        out = gr.Textbox(label="Output", lines=6, interactive=False, elem_id="seq2seq-out")
+    go.click(h.seq2seq, [run, source, beams, penalty, no_repeat, max_tokens], out, api_name="seq2seq")
+    run.change(h.seq2seq_defaults, run, [beams, penalty, no_repeat, max_tokens], api_visibility="private",
+               concurrency_limit=None)  # fmt: skip
+    return run, [beams, penalty, no_repeat, max_tokens]
+
+
+def classify_tab(h: Handlers) -> gr.Dropdown:
+    """Classify tab (`/classify`); returns its run list."""
+    with gr.Tab("Classify", id="classify"):
+        gr.Markdown("Text → probability of each label, most likely first.")
+        run = run_dropdown(h.registry, "classify")
+        text = input_box("Text", h.max_input_chars, "classify-text", lines=3)
+        pair = gr.Textbox(label="Second text (only for runs trained on text pairs)", lines=1)
+        go = gr.Button("Classify", variant="primary", elem_id="classify-go")
+        out = gr.Label(label="Labels", num_top_classes=10, elem_id="classify-out")
+    go.click(h.classify, [run, text, pair], out, api_name="classify")
+    return run
+
+
+def side_by_side_tab(h: Handlers) -> gr.Dropdown:
+    """Side by side tab (`/side_by_side`); returns its run list."""
+    with gr.Tab("Side by side", id="side_by_side"):
+        gr.Markdown("One input through the base model and the finetuned run (greedy, the run's scoring settings).")
+        run = run_dropdown(h.registry, "side_by_side")
+        text = input_box("Input", h.max_input_chars, "side-input", lines=3)
+        max_tokens = gr.Slider(1, 512, value=64, step=1, label="Max new tokens", elem_id="side-max-tokens")
+        go = gr.Button("Compare", variant="primary", elem_id="side-go")
+        with gr.Row():
+            base = gr.Textbox(label="Base model", lines=8, interactive=False, elem_id="side-base")
+            tuned = gr.Textbox(label="Finetuned run", lines=8, interactive=False, elem_id="side-tuned")
+    go.click(h.side_by_side, [run, text, max_tokens], [base, tuned], api_name="side_by_side")
+    run.change(h.side_labels, run, [base, tuned], api_visibility="private", concurrency_limit=None)
+    return run
+
+
+def leaderboard_tab(h: Handlers) -> tuple[gr.Dropdown, list, list]:
+    """Leaderboard tab (`/leaderboard`, `/run_details`); returns its run list, board and details outputs."""
+    with gr.Tab("Leaderboard", id="leaderboard"):
+        board_refresh = gr.Button("Refresh leaderboard")
+        tables = gr.Markdown(elem_id="leaderboard-tables")
+        charts = gr.HTML(elem_id="leaderboard-charts")
+        gr.Markdown("### Run details")
+        run = run_dropdown(h.registry, "details")
+        with gr.Row():
+            recipe = gr.Code(label="recipe.yaml", language="yaml", interactive=False, max_lines=30)
+            metrics = gr.JSON(label="metrics.json")
+        curve = gr.Image(label="Loss curve", elem_id="leaderboard-curve")
+    board_refresh.click(h.leaderboard, None, [tables, charts], api_name="leaderboard")
+    run.change(h.run_details, run, [recipe, metrics, curve], api_name="run_details")
+    return run, [tables, charts], [recipe, metrics, curve]
+
+
+def build_app(
+    runs_dir: str | Path,
+    *,
+    cache_mb: int = DEFAULT_CACHE_MB,
+    max_input_chars: int = DEFAULT_MAX_INPUT_CHARS,
+    concurrency: int = DEFAULT_CONCURRENCY,
+) -> gr.Blocks:
+    """The demo app over every finished run under `runs_dir` (not started; see `serve` / `launch`).
+
+    Args:
+        runs_dir: the folder holding run folders (`runs/`).
+        cache_mb: memory budget for loaded models (parameter + buffer MiB); least recently used go first.
+        max_input_chars: longest text accepted per input box.
+        concurrency: requests computed at once; others wait in the queue.
+
+    Returns:
+        The Blocks app with its queue configured.
+
+    Raises:
+        TuneforgeError: `runs_dir` is not a directory.
+    """
+    handlers = Handlers(Registry(runs_dir, cache_mb * 2**20), max_input_chars)
+    with gr.Blocks(title="tuneforge demo", analytics_enabled=False) as app:
+        with gr.Row():
+            header = gr.Markdown(header_text(handlers.registry), elem_id="header")
+            refresh = gr.Button("Refresh runs", size="sm", scale=0, min_width=120, elem_id="refresh")
+        with gr.Tabs():
+            generator_run, chat_run = generator_tab(handlers), chat_tab(handlers)
+            seq2seq_run, beam_controls = seq2seq_tab(handlers)
+            classify_run, side_run = classify_tab(handlers), side_by_side_tab(handlers)
+            details_run, board, details = leaderboard_tab(handlers)
+        dropdowns = [generator_run, chat_run, seq2seq_run, classify_run, side_run, details_run]  # TAB_TASKS order
+        # Cheap file-system reads: never stuck behind generations waiting for the concurrency limit.
+        refresh.click(handlers.refresh, dropdowns, [header, *dropdowns], api_name="refresh_runs",
+                      concurrency_limit=None)  # fmt: skip
+        # A page (re)load sees runs finished since the app started, starts the beam controls at the selected
+        # run's scoring settings, and fills the leaderboard.
+        loaded = app.load(handlers.refresh, dropdowns, [header, *dropdowns], api_visibility="private",
+                          concurrency_limit=None)  # fmt: skip
+        loaded.then(handlers.seq2seq_defaults, seq2seq_run, beam_controls, api_visibility="private",
+                    concurrency_limit=None)  # fmt: skip
+        loaded.then(handlers.run_details, details_run, details, api_visibility="private")
+        app.load(handlers.leaderboard, None, board, api_visibility="private")
+    app.queue(default_concurrency_limit=concurrency, max_size=QUEUE_SIZE)
+    app.handlers = handlers  # the registry (cache, catalog) behind the app, for callers that manage it
+    return app
+
+
+def serve(app: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, share: bool = False) -> str:
+    """Start the app's server in the background.
+
+    Args:
+        app: from `build_app`.
+        host: interface to bind; anything but loopback makes the demo reachable from other machines.
+        port: TCP port.
+        share: also create a public gradio.live link (off unless asked: it exposes the models to anyone).
+
+    Returns:
+        The local URL.
+    """
+    if host not in LOOPBACK:
+        log.warning("demo: binding %s makes it reachable from other machines", host)
+    app.launch(
+        server_name=host, server_port=port, share=share, prevent_thread_lock=True, show_error=True, quiet=True,
+        ssr_mode=False, mcp_server=False,
+    )  # fmt: skip
+    return app.local_url
+
+
+def launch(runs_dir: str | Path, host: str = "127.0.0.1", port: int = 7860, share: bool = False, **options) -> None:
+    """`tuneforge demo`: build the app over `runs_dir`, serve it and block until interrupted.
+
+    Args:
+        runs_dir: the folder holding run folders.
+        host, port, share: see `serve`.
+        **options: `build_app` keyword options (cache_mb, max_input_chars, concurrency).
+
+    Raises:
+        TuneforgeError: `runs_dir` is not a directory.
+    """
+    app = build_app(runs_dir, **options)
+    url = serve(app, host, port, share)
+    count = len(app.handlers.registry.catalog.runs())
+    print(f"tuneforge demo: {count} run(s) from {runs_dir} at {url}" + (f" and {app.share_url}" if share else ""))
+    try:
+        app.block_thread()
+    finally:
+        app.close()
