@@ -155,12 +155,20 @@ def dataset_info(name: str, split: str, ds: datasets.Dataset) -> dict:
 
 
 def dataset_name(data: DataConfig) -> str:
-    """A readable dataset name including parameters and mixed-in sources, e.g. `gettext(lang=de)`."""
+    """A readable name of what is scored: source, parameters, mixed-in sources and the column view.
+
+    The view (which columns play which role, packed windows or not) is part of the name because the same rows
+    scored another way give incomparable numbers (perplexity of packed windows vs of continuations only), and
+    comparison tables group runs by this name. E.g. `gettext(lang=de)[source=en, target=de]`.
+    """
     def one(spec: SourceSpec) -> str:
         params = ",".join(f"{k}={v}" for k, v in sorted(spec.params.items()))
         return f"{spec.source}({params})" if params else spec.source
 
-    return "+".join([one(data)] + [one(m) for m in data.mix])
+    view = ", ".join(f"{role}={'+'.join([c] if isinstance(c, str) else c)}" for role, c in data.columns.items())
+    if data.packing:
+        view += f"; packed {data.max_length}"
+    return "+".join([one(data)] + [one(m) for m in data.mix]) + (f"[{view}]" if view else "")
 
 
 def cache_key(*parts: object) -> str:

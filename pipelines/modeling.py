@@ -106,7 +106,7 @@ def load_model(base: str, auto_class, *, merge: bool = True, **kwargs) -> PreTra
                 # id2label, ...) go onto it: from_pretrained accepts them only when it loads the config itself.
                 loading = {k: kwargs.pop(k) for k in ("attn_implementation", "dtype") if k in kwargs}
                 kwargs = {"config": AutoConfig.from_pretrained(path, **kwargs), **loading}
-            inner = load_model(adapter["base_model_name_or_path"], auto_class, **kwargs)
+            inner = load_model(adapter_base(path, adapter["base_model_name_or_path"]), auto_class, **kwargs)
             if (Path(path) / "tokenizer_config.json").is_file():  # tokens added in training (e.g. chat markers)
                 fit_embeddings(inner, len(AutoTokenizer.from_pretrained(path)), initialize=False)
             peft = PeftModel.from_pretrained(inner, path)
@@ -133,6 +133,16 @@ def fit_embeddings(model: PreTrainedModel, vocab_size: int, *, initialize: bool 
         return False
     model.resize_token_embeddings(vocab_size, mean_resizing=initialize)
     return True
+
+
+def adapter_base(adapter_dir: str | Path, base: str) -> str:
+    """Where an adapter's base is: as recorded, or, for a run-folder base recorded relative to the directory
+    training ran in (`runs/gpt-pretrain-tiny/model`), relative to the folder holding this run's runs directory
+    (`<root>/runs/<name>/model` -> `<root>/runs/gpt-pretrain-tiny/model`), so runs load from any directory."""
+    if Path(base).is_absolute() or Path(base).exists() or not (Path(adapter_dir).parent / "recipe.yaml").is_file():
+        return base
+    candidate = Path(adapter_dir).resolve().parents[2] / base
+    return str(candidate) if candidate.exists() else base
 
 
 def linear_module_names(model: torch.nn.Module) -> list[str]:
@@ -203,7 +213,7 @@ def base_config(base: str):
     path = resolve_base(base)
     if is_adapter(path):
         cfg = json.loads((Path(path) / "adapter_config.json").read_text())
-        return base_config(cfg["base_model_name_or_path"])
+        return base_config(adapter_base(path, cfg["base_model_name_or_path"]))
     return AutoConfig.from_pretrained(path, trust_remote_code=False)
 
 
