@@ -3,7 +3,8 @@
 `tuneforge demo runs/` calls `launch("runs/")`. Tabs: Generator (streamed continuation), Chat (multi-turn,
 streamed, the run's own chat template), Translate / Summarize (beam search), Classify (label probabilities),
 Side by side (base model and finetuned run on one input) and Leaderboard (`tuneforge compare` tables and charts,
-per-run recipe, metrics and loss curve).
+per-run recipe, metrics and loss curve) and Inspect (tokens, embeddings, positions, attention, next-token
+probabilities and pretraining windows of any run or its base; `demo.inspect_tab`).
 
 Safe defaults: binds 127.0.0.1 and makes no public share link unless asked; inputs are limited in length with a
 visible message; a queue with a concurrency limit; every error becomes a message in the UI while the server keeps
@@ -53,6 +54,7 @@ TAB_TASKS = {
     "classify": ("classification",),
     "side_by_side": (*GENERATIVE_TASKS, "classification"),
     "details": None,  # every run
+    "inspect": None,  # every run (demo/inspect_tab.py)
 }
 
 
@@ -468,6 +470,8 @@ def build_app(
     Raises:
         TuneforgeError: `runs_dir` is not a directory.
     """
+    from demo.inspect_tab import inspect_tab  # it builds on this module's helpers
+
     handlers = Handlers(Registry(runs_dir, cache_mb * 2**20), max_input_chars)
     with gr.Blocks(title="tuneforge demo", analytics_enabled=False) as app:
         with gr.Row():
@@ -478,7 +482,9 @@ def build_app(
             seq2seq_run, beam_controls = seq2seq_tab(handlers)
             classify_run, side_run = classify_tab(handlers), side_by_side_tab(handlers)
             details_run, board, details = leaderboard_tab(handlers)
-        dropdowns = [generator_run, chat_run, seq2seq_run, classify_run, side_run, details_run]  # TAB_TASKS order
+            inspect_run = inspect_tab(handlers)
+        dropdowns = [generator_run, chat_run, seq2seq_run, classify_run, side_run, details_run,
+                     inspect_run]  # TAB_TASKS order
         # Cheap file-system reads: never stuck behind generations waiting for the concurrency limit.
         refresh.click(handlers.refresh, dropdowns, [header, *dropdowns], api_name="refresh_runs",
                       concurrency_limit=None)  # fmt: skip

@@ -31,8 +31,10 @@ def score_model(recipe: Recipe, model: str) -> tuple[dict, object]:
     prep = loop.build(as_base(recipe, model), Path(model), accelerator, "resume", merge=False)
     result = loop.score(prep, recipe, accelerator, prep.model)
     fields = {
-        "primary_metric": prep.task.primary_metric,
-        "greater_is_better": prep.task.greater_is_better,
+        "primary_metric": result.primary_metric or prep.task.primary_metric,
+        "greater_is_better": (
+            prep.task.greater_is_better if result.greater_is_better is None else result.greater_is_better
+        ),
         "dataset": data_lib.dataset_info(data_lib.dataset_name(recipe.data), "test", prep.data["test"]),
         "metric_settings": result.settings,
         "scores": result.scores,

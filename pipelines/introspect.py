@@ -1,16 +1,62 @@
 """See inside a model: tokens, embeddings, positions, attention, next-token probabilities, pretraining windows.
 
-Plain functions over a loaded model and tokenizer (any run or base), returning tensors and small records; the
-demo's Inspect tab only draws them. Shapes: T = tokens, V = vocabulary, d = hidden size, L = layers, H = heads.
+Plain functions over a loaded model and tokenizer (any run or base, plain or PEFT-wrapped), returning tensors and
+small records; the demo's Inspect tab only draws them. Shapes: T = tokens, V = vocabulary, d = hidden size,
+P = positions, L = layers, H = heads, C = classes.
+
+Inputs are built the way training builds them, so what is shown is what the model saw: a decoder-only model
+reads `[BOS] text` (as `pipelines.tasks.causal_lm` and the demo's generator do), an encoder-decoder or an encoder
+reads the text with its tokenizer's special tokens (`<s> text </s>`, `[CLS] text [SEP]`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+
+from pipelines.errors import TuneforgeError
+
+# Model families, by how they read text and what they predict.
+DECODER = "decoder"  # decoder-only language model (GPT-2): [BOS] text -> next token
+ENCODER_DECODER = "encoder-decoder"  # BART: source -> decoder -> next target token
+ENCODER = "encoder"  # BERT-style encoder (a classifier here): text -> class logits
+
+
+def base_model(model):
+    """The transformers model inside a PEFT wrapper (the model itself when it is not wrapped)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def family(model) -> str:
+    """`DECODER`, `ENCODER_DECODER` or `ENCODER`, from the config and the model class (PEFT wrappers too)."""
+    inner = base_model(model)
+    if getattr(inner.config, "is_encoder_decoder", False):
+        return ENCODER_DECODER
+    return DECODER if type(inner).can_generate() else ENCODER
+
+
+def context_window(model, tokenizer=None) -> int | None:
+    """Positions the model can read (GPT-2 `n_positions`, BART/BERT `max_position_embeddings`), in tokens."""
+    config = base_model(model).config
+    for name in ("n_positions", "max_position_embeddings"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    limit = getattr(tokenizer, "model_max_length", None)
+    return int(limit) if isinstance(limit, int) and limit < 10**9 else None  # "no limit" is a huge sentinel
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tokenization
 
 
 @dataclass
@@ -28,37 +74,73 @@ class Token:
     special: bool
 
 
-def tokenize_spans(tokenizer, text: str) -> list[Token]:
+def tokenize_spans(tokenizer, text: str, *, prepend_bos: bool = False) -> list[Token]:
     """Text -> tokens with ids and character spans (`text[start:end]` is the token's text; specials are empty).
 
     Uses the fast tokenizer's offset mapping, so spans are exact for byte-level BPE and WordPiece alike.
+
+    Args:
+        tokenizer: a fast tokenizer.
+        text: the text.
+        prepend_bos: decoder-only models: tokenize without special tokens and put BOS first, as training does
+            (see `model_tokens`); otherwise the tokenizer adds its own special tokens.
+
+    Returns:
+        The tokens in order, T of them.
     """
-    enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=True)
+    enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=not prepend_bos)
     special_ids = set(tokenizer.all_special_ids)
     out = []
+    if prepend_bos and tokenizer.bos_token_id is not None:
+        out.append(Token(tokenizer.bos_token_id, tokenizer.bos_token, 0, 0, True))
     for tid, (start, end) in zip(enc["input_ids"], enc["offset_mapping"], strict=True):
         special = tid in special_ids and start == end
         out.append(Token(tid, tokenizer.convert_ids_to_tokens(tid), start, end, special))
     return out
 
 
+def model_tokens(model, tokenizer, text: str) -> list[Token]:
+    """`text` tokenized as the model reads it: `[BOS] text` for decoder-only models, else with the specials."""
+    return tokenize_spans(tokenizer, text, prepend_bos=family(model) == DECODER)
+
+
 def detokenize(tokenizer, ids: list[int]) -> str:
-    """Token ids -> text (special tokens kept, so the reverse of `tokenize_spans` is visible)."""
-    return tokenizer.decode(ids, skip_special_tokens=False)
+    """Token ids -> text (special tokens kept, so the reverse of `tokenize_spans` is visible).
+
+    Raises:
+        TuneforgeError: an id outside the vocabulary.
+    """
+    bad = [i for i in ids if not 0 <= int(i) < len(tokenizer)]
+    if bad:
+        raise TuneforgeError(f"ids: {bad[:5]} not in the vocabulary; ids run from 0 to {len(tokenizer) - 1}")
+    return tokenizer.decode([int(i) for i in ids], skip_special_tokens=False)
 
 
 def vocabulary_summary(tokenizer, model) -> dict:
-    """Vocabulary size, special tokens and the model's context window (in tokens)."""
-    config = getattr(model, "config", None)
-    window = (getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
-              or tokenizer.model_max_length)
-    return {"vocab_size": len(tokenizer), "special_tokens": dict(tokenizer.special_tokens_map),
-            "context_window": int(window)}
+    """Vocabulary size, special tokens and the model's context window.
+
+    Returns:
+        {"vocab_size": int, "special_tokens": {name: token string (or list)}, "special_ids": {token: id},
+        "context_window": tokens or None}.
+    """
+    ids = {tok: tokenizer.convert_tokens_to_ids(tok) for tok in tokenizer.all_special_tokens}
+    return {"vocab_size": len(tokenizer), "special_tokens": dict(tokenizer.special_tokens_map), "special_ids": ids,
+            "context_window": context_window(model, tokenizer)}  # fmt: skip
 
 
-def _input_embeddings(model) -> torch.Tensor:
-    """[V, d] input embedding matrix (through PEFT wrappers too)."""
-    return model.get_input_embeddings().weight.detach().float()
+def token_text(tokenizer, token_id: int) -> str:
+    """One token as readable text: decoded, with a space shown as `␣` and a newline as `↵` (so they are seen)."""
+    text = tokenizer.decode([int(token_id)], skip_special_tokens=False)
+    return text.replace(" ", "␣").replace("\n", "↵").replace("\t", "⇥") or "∅"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Embeddings
+
+
+def input_embeddings(model) -> torch.Tensor:
+    """[V, d] input embedding matrix (through PEFT wrappers too), float32 on the CPU."""
+    return model.get_input_embeddings().weight.detach().float().cpu()
 
 
 def nearest_tokens(model, tokenizer, vector: torch.Tensor, k: int = 10, exclude: tuple[int, ...] = ()) -> list:
@@ -67,38 +149,53 @@ def nearest_tokens(model, tokenizer, vector: torch.Tensor, k: int = 10, exclude:
     Returns:
         [(token string, id, cosine similarity)] best first.
     """
-    emb = _input_embeddings(model)
-    sims = F.cosine_similarity(emb, vector.float().unsqueeze(0), dim=1)
+    emb = input_embeddings(model)
+    sims = F.cosine_similarity(emb, vector.float().cpu().unsqueeze(0), dim=1)
     if exclude:
-        sims[list(exclude)] = -2.0
+        sims[list(exclude)] = -2.0  # below any cosine: never chosen
     values, ids = sims.topk(min(k, len(sims)))
     return [(tokenizer.convert_ids_to_tokens(int(i)), int(i), float(v)) for v, i in zip(values, ids, strict=True)]
 
 
 def word_vector(model, tokenizer, word: str) -> tuple[torch.Tensor, list[int]]:
-    """Mean input embedding [d] of the tokens of `word` (one token for most short words)."""
+    """Mean input embedding [d] of the tokens of `word` (one token for most short words).
+
+    Raises:
+        TuneforgeError: the word has no tokens (empty).
+    """
     ids = tokenizer(word, add_special_tokens=False)["input_ids"]
     if not ids:
-        raise ValueError(f"{word!r} has no tokens")
-    return _input_embeddings(model)[ids].mean(0), ids
+        raise TuneforgeError(f"word: {word!r} has no tokens; type a word")
+    return input_embeddings(model)[ids].mean(0), ids
 
 
 def neighbours(model, tokenizer, word: str, k: int = 10) -> list:
-    """Nearest neighbours of `word` in the input embedding matrix by cosine similarity (the word excluded)."""
+    """Nearest neighbours of `word` in the input embedding matrix by cosine similarity (the word excluded).
+
+    Returns:
+        [(token string, id, cosine similarity)] best first.
+    """
     vec, ids = word_vector(model, tokenizer, word)
     return nearest_tokens(model, tokenizer, vec, k, exclude=tuple(ids))
 
 
 def analogy(model, tokenizer, a: str, b: str, c: str, k: int = 10) -> list:
-    """Vector arithmetic a - b + c -> nearest tokens (Mikolov et al. 2013), inputs excluded.
+    """Vector arithmetic a - b + c -> nearest tokens by cosine (Mikolov et al. 2013, arXiv:1301.3781), inputs excluded.
 
     A small model trained on little text shows weak structure; the classic king - man + woman needs far
     more data than these tiny runs see.
+
+    Returns:
+        [(token string, id, cosine similarity)] best first.
     """
     va, ia = word_vector(model, tokenizer, a)
     vb, ib = word_vector(model, tokenizer, b)
     vc, ic = word_vector(model, tokenizer, c)
     return nearest_tokens(model, tokenizer, va - vb + vc, k, exclude=tuple(ia + ib + ic))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Positions
 
 
 def sinusoidal_positions(n_positions: int, d_model: int) -> torch.Tensor:
@@ -118,13 +215,13 @@ def sinusoidal_positions(n_positions: int, d_model: int) -> torch.Tensor:
 def learned_positions(model) -> torch.Tensor | None:
     """[P, d] learned position embeddings the model adds to its inputs, or None (e.g. rotary models).
 
-    GPT-2: `wpe`; BERT: `position_embeddings`; BART: the encoder's `embed_positions` without its 2-row offset.
+    GPT-2: `wpe`; BERT: `position_embeddings`; BART: the encoder's `embed_positions` without its 2-row offset
+    (BART's decoder has a second table of its own).
     """
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    for name, module in base.named_modules():
+    for name, module in base_model(model).named_modules():
         if name.endswith(("wpe", "position_embeddings", "encoder.embed_positions")):
-            weight = module.weight.detach().float()
-            return weight[getattr(module, "offset", 0):]
+            weight = module.weight.detach().float().cpu()
+            return weight[getattr(module, "offset", 0) :]
     return None
 
 
@@ -134,78 +231,259 @@ def position_similarity(positions: torch.Tensor) -> torch.Tensor:
     return unit @ unit.T
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Attention
+
+
 @dataclass
 class Attention:
-    """Attention weights of one forward pass: name -> [L, H, T_query, T_key] (each row sums to 1)."""
+    """Attention weights of one forward pass.
+
+    Attributes:
+        tokens: the T input tokens (encoder tokens for an encoder-decoder).
+        maps: name -> [L, H, T_query, T_key], each row a softmax (sums to 1). Decoder-only models: "self";
+            encoders: "self"; encoder-decoders: "encoder" [.., T, T], "decoder" [.., T_dec, T_dec] and
+            "cross" [.., T_dec, T].
+        target_tokens: the T_dec decoder input tokens (encoder-decoders), else None.
+        causal: the maps whose keys after the query are masked (zero above the diagonal).
+    """
 
     tokens: list[str]
     maps: dict[str, torch.Tensor]
     target_tokens: list[str] | None = None
+    causal: tuple[str, ...] = ()
+
+
+@contextlib.contextmanager
+def eager_attention(model):
+    """Run `model` with the eager attention implementation (the only one that returns weights), then restore."""
+    inner = base_model(model)
+    previous = inner.config._attn_implementation
+    inner.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        inner.set_attn_implementation(previous)
+
+
+def decoder_prefix(model, tokenizer, target: str) -> list[int]:
+    """An encoder-decoder's decoder input for `target`: the start token, then the target's tokens without EOS.
+
+    This is the teacher-forced decoder input training uses (labels `<s> target </s>` shifted right behind
+    `decoder_start_token_id`), and what generation has produced after writing `target`.
+    """
+    ids = tokenizer(text_target=target)["input_ids"]
+    if ids and ids[-1] == tokenizer.eos_token_id:
+        ids = ids[:-1]
+    return [base_model(model).config.decoder_start_token_id, *ids]
+
+
+def _fit(ids: list[int], limit: int | None, keep_head: int) -> list[int]:
+    """The first `keep_head` ids and the most recent ones, at most `limit` in all."""
+    if limit is None or len(ids) <= limit:
+        return ids
+    return ids[:keep_head] + ids[len(ids) - (limit - keep_head) :]
 
 
 @torch.no_grad()
-def attention(model, tokenizer, text: str, target: str | None = None) -> Attention:
+def attention(model, tokenizer, text: str, target: str | None = None, max_tokens: int | None = None) -> Attention:
     """Attention weights per layer and head for `text` (and, for encoder-decoders, `target` as decoder input).
 
-    Decoder-only models give "self" (causal: zero above the diagonal); encoder-decoders give "encoder",
-    "decoder" and "cross" (decoder queries x encoder keys); encoders give "self". Computed with the eager
-    attention implementation, the only one that returns weights.
-    """
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    previous = base.config._attn_implementation
-    base.set_attn_implementation("eager")
-    try:
-        enc = tokenizer(text, return_tensors="pt")
-        tokens = tokenizer.convert_ids_to_tokens(enc["input_ids"][0])
-        if getattr(base.config, "is_encoder_decoder", False):
-            dec = tokenizer(text_target=target or text, return_tensors="pt")["input_ids"]
-            dec_in = torch.cat([torch.tensor([[base.config.decoder_start_token_id]]), dec[:, :-1]], dim=1)
-            out = model(**enc, decoder_input_ids=dec_in, output_attentions=True)
-            maps = {"encoder": torch.stack(out.encoder_attentions)[:, 0], "decoder": torch.stack(out.decoder_attentions)[:, 0],
-                    "cross": torch.stack(out.cross_attentions)[:, 0]}
-            return Attention(tokens, maps, tokenizer.convert_ids_to_tokens(dec_in[0]))
-        out = model(**enc, output_attentions=True)
-        return Attention(tokens, {"self": torch.stack(out.attentions)[:, 0]})
-    finally:
-        base.set_attn_implementation(previous)
-
-
-@torch.no_grad()
-def next_token_topk(model, tokenizer, prompt: str, k: int = 10, temperature: float = 1.0) -> list:
-    """Top-k next tokens after `prompt` with probabilities softmax(logits / temperature).
+    Args:
+        model: any model (PEFT too); it runs with eager attention for this call.
+        tokenizer: its tokenizer.
+        text: the input (the encoder's source for encoder-decoders).
+        target: encoder-decoders: the decoder's text (default: `text`, as in denoising), fed teacher-forced.
+        max_tokens: keep at most this many tokens per sequence (and never more than the context window): the
+            first ones for encoder inputs, BOS plus the first ones for decoder-only inputs.
 
     Returns:
-        [(token string, id, probability, logit)] best first; probabilities sum to at most 1.
+        See `Attention`. Each map equals the model's own `output_attentions=True` output for these ids.
     """
-    ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
-    if tokenizer.bos_token_id is not None and not getattr(model.config, "is_encoder_decoder", False):
-        ids = torch.cat([torch.tensor([[tokenizer.bos_token_id]]), ids], dim=1)
-    logits = model(input_ids=ids).logits[0, -1].float()
+    kind = family(model)
+    limit = min(max_tokens or 10**9, context_window(model, tokenizer) or 10**9)
+    device = _device(model)
+    if kind == ENCODER_DECODER:
+        src = tokenizer(text, truncation=True, max_length=limit)["input_ids"]
+        dec = decoder_prefix(model, tokenizer, target if target and target.strip() else text)[:limit]
+        src_t, dec_t = torch.tensor([src], device=device), torch.tensor([dec], device=device)
+        with eager_attention(model):
+            out = model(input_ids=src_t, attention_mask=torch.ones_like(src_t), decoder_input_ids=dec_t,
+                        output_attentions=True)  # fmt: skip
+        maps = {"encoder": out.encoder_attentions, "decoder": out.decoder_attentions, "cross": out.cross_attentions}
+        maps = {name: torch.stack(layers)[:, 0].float().cpu() for name, layers in maps.items()}
+        return Attention(tokenizer.convert_ids_to_tokens(src), maps,
+                         tokenizer.convert_ids_to_tokens(dec), causal=("decoder",))  # fmt: skip
+    ids = [t.id for t in model_tokens(model, tokenizer, text)][:limit]
+    if kind == ENCODER and ids[-1] != tokenizer.sep_token_id and tokenizer.sep_token_id is not None:
+        ids[-1] = tokenizer.sep_token_id  # a cut encoder input still ends with [SEP], as truncation does
+    tensor = torch.tensor([ids], device=device)
+    with eager_attention(model):
+        out = model(input_ids=tensor, attention_mask=torch.ones_like(tensor), output_attentions=True)
+    causal = ("self",) if kind == DECODER else ()
+    return Attention(tokenizer.convert_ids_to_tokens(ids), {"self": torch.stack(out.attentions)[:, 0].float().cpu()},
+                     causal=causal)  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Next-token probabilities
+
+
+class Candidate(NamedTuple):
+    """One possible next token: its string form, id, probability at the chosen temperature and raw logit."""
+
+    token: str
+    id: int
+    probability: float
+    logit: float
+
+
+def _check_sampling(k: int, temperature: float, vocab: int) -> None:
+    if not temperature > 0:
+        raise TuneforgeError(f"temperature: {temperature} must be > 0 (softmax(logits / T); small T -> argmax)")
+    if not 1 <= k <= vocab:
+        raise TuneforgeError(f"k: {k} must be between 1 and the vocabulary size {vocab}")
+
+
+def _lm_inputs(model, tokenizer, prompt: str, target_prefix: str | None) -> dict:
+    """Token ids for a next-token prediction: `{"ids": decoder-side ids, "source": encoder ids or None}`.
+
+    Raises:
+        TuneforgeError: an encoder (classifier) model, which predicts no next token.
+    """
+    kind = family(model)
+    if kind == ENCODER:
+        raise TuneforgeError("model: an encoder classifier predicts classes, not a next token (class_probabilities)")
+    limit = context_window(model, tokenizer)
+    if kind == ENCODER_DECODER:
+        source = tokenizer(prompt, truncation=limit is not None, max_length=limit)["input_ids"]
+        return {"source": source, "ids": decoder_prefix(model, tokenizer, target_prefix or "")}
+    return {"source": None, "ids": [t.id for t in model_tokens(model, tokenizer, prompt)]}
+
+
+def _next_logits(model, ids: list[int], source: list[int] | None, limit: int | None) -> torch.Tensor:
+    """[V] float32 logits for the token after `ids` (decoder-only, or the decoder given `source`)."""
+    device = _device(model)
+    if source is None:
+        keep = 1 if limit is not None and len(ids) > limit else 0
+        ids = _fit(ids, limit, keep_head=keep)  # keep BOS and the most recent tokens
+        tensor = torch.tensor([ids], device=device)
+        return model(input_ids=tensor, attention_mask=torch.ones_like(tensor)).logits[0, -1].float().cpu()
+    src = torch.tensor([source], device=device)
+    dec = torch.tensor([_fit(ids, limit, keep_head=1)], device=device)
+    out = model(input_ids=src, attention_mask=torch.ones_like(src), decoder_input_ids=dec)
+    return out.logits[0, -1].float().cpu()
+
+
+def _top(tokenizer, logits: torch.Tensor, k: int, temperature: float) -> list[Candidate]:
     probs = torch.softmax(logits / temperature, dim=-1)
     p, i = probs.topk(k)
-    return [(tokenizer.convert_ids_to_tokens(int(t)), int(t), float(q), float(logits[t])) for q, t in zip(p, i, strict=True)]
+    return [Candidate(tokenizer.convert_ids_to_tokens(int(t)), int(t), float(q), float(logits[t]))
+            for q, t in zip(p, i, strict=True)]  # fmt: skip
 
 
 @torch.no_grad()
-def greedy_steps(model, tokenizer, prompt: str, steps: int = 5, k: int = 5, temperature: float = 1.0) -> list:
-    """A greedy continuation, step by step: at each step the top-k candidates and the chosen (argmax) token."""
-    out, text = [], prompt
-    for _ in range(steps):
-        top = next_token_topk(model, tokenizer, text, k, temperature)
-        out.append({"context": text, "top": top, "chosen": top[0][0]})
-        text += tokenizer.decode([top[0][1]])
+def next_token_topk(model, tokenizer, prompt: str, k: int = 10, temperature: float = 1.0,
+                    target_prefix: str | None = None) -> list[Candidate]:  # fmt: skip
+    """Top-k next tokens after `prompt` with probabilities softmax(logits / temperature).
+
+    Decoder-only models read `[BOS] prompt` (longer prompts keep BOS and their last tokens); encoder-decoders
+    read `prompt` as the source and predict the decoder's next token after `target_prefix` (default: the first).
+
+    Args:
+        temperature: > 0; divides the logits before the softmax (Hinton et al. 2015 / Ackley et al. 1985).
+
+    Returns:
+        k candidates best first (a `Candidate` unpacks as (token, id, probability, logit)); probabilities sum
+        to at most 1.
+
+    Raises:
+        TuneforgeError: an encoder model, temperature <= 0 or k outside 1..V.
+    """
+    inputs = _lm_inputs(model, tokenizer, prompt, target_prefix)
+    _check_sampling(k, temperature, model.get_input_embeddings().num_embeddings)
+    logits = _next_logits(model, inputs["ids"], inputs["source"], context_window(model, tokenizer))
+    return _top(tokenizer, logits, k, temperature)
+
+
+@torch.no_grad()
+def greedy_steps(model, tokenizer, prompt: str, steps: int = 5, k: int = 5, temperature: float = 1.0,
+                 target_prefix: str | None = None) -> list[dict]:  # fmt: skip
+    """A greedy continuation, step by step: at each step the top-k candidates and the chosen (argmax) token.
+
+    Works on token ids (the chosen id is appended; text is never re-tokenized), reuses the key/value cache
+    between steps (an encoder-decoder's encoder runs once) and stops after EOS. Step 1's candidates are
+    `next_token_topk`'s. The argmax does not depend on the temperature; the probabilities shown do.
+
+    Args:
+        steps: tokens to generate at most; a prompt is cut (BOS and its last tokens kept) so that prompt and
+            continuation fit the context window.
+
+    Returns:
+        One dict per step: {"continuation": text generated before this step, "top": [Candidate] best first,
+        "chosen": token string, "chosen_id": id}.
+
+    Raises:
+        TuneforgeError: as `next_token_topk`.
+    """
+    inputs = _lm_inputs(model, tokenizer, prompt, target_prefix)
+    _check_sampling(k, temperature, model.get_input_embeddings().num_embeddings)
+    limit = context_window(model, tokenizer)
+    ids = inputs["ids"]
+    if limit is not None:
+        keep = 1 if inputs["source"] is not None or ids[0] == tokenizer.bos_token_id else 0
+        ids = _fit(ids, max(limit - steps + 1, keep + 1), keep_head=keep)
+    device = _device(model)
+    step_ids = torch.tensor([ids], device=device)
+    cache, encoded, source_mask = None, None, None
+    if inputs["source"] is not None:
+        source = torch.tensor([inputs["source"]], device=device)
+        source_mask = torch.ones_like(source)
+        encoded = model.get_encoder()(input_ids=source, attention_mask=source_mask)
+    new, out = [], []
+    for _ in range(min(steps, (limit or 10**9) - len(ids) + 1)):
+        if encoded is None:
+            result = model(input_ids=step_ids, cache=cache, use_cache=True)
+        else:
+            result = model(encoder_outputs=encoded, attention_mask=source_mask, decoder_input_ids=step_ids,
+                           cache=cache, use_cache=True)  # fmt: skip
+        cache = result.cache
+        top = _top(tokenizer, result.logits[0, -1].float().cpu(), k, temperature)
+        out.append({"continuation": tokenizer.decode(new), "top": top, "chosen": top[0].token, "chosen_id": top[0].id})
+        new.append(top[0].id)
+        if top[0].id == tokenizer.eos_token_id:
+            break
+        step_ids = torch.tensor([[top[0].id]], device=device)
     return out
 
 
 @torch.no_grad()
-def class_probabilities(model, tokenizer, text: str) -> list:
-    """A classifier's labels with probabilities and logits for `text`, best first."""
-    enc = tokenizer(text, return_tensors="pt", truncation=True)
-    logits = model(**enc).logits[0].float()
+def class_probabilities(model, tokenizer, text: str, pair: str | None = None,
+                        max_length: int | None = None) -> list[tuple[str, float, float]]:  # fmt: skip
+    """A classifier's labels with probabilities (softmax of the logits) and logits for `text`, best first.
+
+    Tokenized as `pipelines.tasks.classification.predict_proba` does (the run's scores come from there), so the
+    first label is the run's prediction.
+
+    Args:
+        pair: the second text, for runs trained on text pairs.
+        max_length: tokens per input; None: the tokenizer's limit capped at the model's positions.
+
+    Returns:
+        [(label, probability, logit)] for the C classes, best first.
+    """
+    if max_length is None:
+        max_length = min(tokenizer.model_max_length, context_window(model, tokenizer) or 512)
+    enc = tokenizer(text, pair, truncation=True, max_length=max_length, return_tensors="pt")
+    logits = model(**{k: v.to(_device(model)) for k, v in enc.items()}).logits[0].float().cpu()
     probs = torch.softmax(logits, -1)
-    names = model.config.id2label
+    names = base_model(model).config.id2label
     order = probs.argsort(descending=True).tolist()
-    return [(names.get(i, str(i)), float(probs[i]), float(logits[i])) for i in order]
+    return [(str(names.get(i, i)), float(probs[i]), float(logits[i])) for i in order]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# What training reads
 
 
 def pretraining_windows(tokenizer, text: str, window: int, eos_id: int | None = None) -> list[dict]:
@@ -216,7 +494,7 @@ def pretraining_windows(tokenizer, text: str, window: int, eos_id: int | None = 
     window, inputs are positions 0..n-2 and labels the same tokens shifted by one (position t predicts t+1).
 
     Returns:
-        [{"input_ids", "input_tokens", "label_ids", "label_tokens"}] one per window.
+        [{"input_ids", "input_tokens", "label_ids", "label_tokens"}] one per window, each list n-1 long.
     """
     eos = tokenizer.eos_token_id if eos_id is None else eos_id
     ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [eos]
@@ -226,5 +504,53 @@ def pretraining_windows(tokenizer, text: str, window: int, eos_id: int | None = 
         if len(chunk) < 2:
             break
         out.append({"input_ids": chunk[:-1], "input_tokens": tokenizer.convert_ids_to_tokens(chunk[:-1]),
-                    "label_ids": chunk[1:], "label_tokens": tokenizer.convert_ids_to_tokens(chunk[1:])})
+                    "label_ids": chunk[1:], "label_tokens": tokenizer.convert_ids_to_tokens(chunk[1:])})  # fmt: skip
+    return out
+
+
+def finetuning_example(tokenizer, prompt: str, text: str, max_length: int) -> dict:
+    """A prompt -> continuation training example (`pipelines.tasks.causal_lm.prompt_example`), shifted.
+
+    Returns:
+        {"input_ids", "input_tokens", "label_ids", "label_tokens"}: inputs are positions 0..n-2, labels
+        positions 1..n; a label of -100 (the prompt, no loss) has the token string None.
+    """
+    from pipelines.tasks.causal_lm import IGNORE, prompt_example
+
+    prompt_ids = tokenizer(prompt + "\n", add_special_tokens=False)["input_ids"]
+    text_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    ids, labels = prompt_example(prompt_ids, text_ids, tokenizer.bos_token_id, tokenizer.eos_token_id, max_length)
+    shown = [None if t == IGNORE else tokenizer.convert_ids_to_tokens(t) for t in labels[1:]]
+    return {"input_ids": ids[:-1], "input_tokens": tokenizer.convert_ids_to_tokens(ids[:-1]),
+            "label_ids": labels[1:], "label_tokens": shown}  # fmt: skip
+
+
+def denoising_windows(model, tokenizer, text: str, max_length: int) -> list[dict]:
+    """`text` as BART text-infilling pretraining sees it: pieces, each corrupted, and the decoder's shift.
+
+    Pieces and corruption come from `pipelines.tasks.denoising` (`tokenize`'s pieces of `max_length - 2` tokens
+    between `<s>` and `</s>`; `collate`'s text infilling seeded by split, evaluation seed and example index), with
+    the test split's seeds: for the test split's first document this is exactly its examples 0, 1, ...
+
+    Returns:
+        One dict per piece: "source_ids"/"source_tokens" (the corrupted encoder input), "decoder_input_ids"/
+        "decoder_input_tokens" (start token + labels[:-1]) and "label_ids"/"label_tokens" (the original piece).
+    """
+    import numpy as np
+
+    from pipelines.tasks import denoising
+
+    width = max_length - 2
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    start = base_model(model).config.decoder_start_token_id
+    out = []
+    for index, i in enumerate(range(0, len(ids), width)):
+        piece = [tokenizer.bos_token_id, *ids[i : i + width], tokenizer.eos_token_id]
+        # The seed `denoising.tokenize` gives test example `index` (collate draws its noise from it).
+        rng = np.random.default_rng([denoising._SPLIT_SALT["test"], denoising.EVAL_SEED, index])
+        source = [piece[0], *denoising.text_infilling(piece[1:-1], tokenizer.mask_token_id, rng), piece[-1]]
+        decoder = [start, *piece[:-1]]
+        out.append({"source_ids": source, "source_tokens": tokenizer.convert_ids_to_tokens(source),
+                    "decoder_input_ids": decoder, "decoder_input_tokens": tokenizer.convert_ids_to_tokens(decoder),
+                    "label_ids": piece, "label_tokens": tokenizer.convert_ids_to_tokens(piece)})  # fmt: skip
     return out

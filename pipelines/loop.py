@@ -8,11 +8,14 @@ Only the main process writes files. Mixed precision comes from the launch config
 from __future__ import annotations
 
 import contextlib
+import json
 import math
+import os
 import resource
 import shutil
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import datasets
@@ -23,7 +26,7 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
 from pipelines import data as data_lib
-from pipelines import modeling, runs
+from pipelines import flops, modeling, runs
 from pipelines.errors import TuneforgeError
 from pipelines.recipe import Recipe
 from pipelines.scoring import ScoreContext, Scored, example_losses, perplexity, write_jsonl
@@ -32,17 +35,22 @@ from pipelines.tasks import Task, get_task
 # ---------------------------------------------------------------------------------------------------------------
 # Batches: a global micro-batch schedule that does not depend on the number of processes
 
+MEGA_BATCHES = 50  # global batches per length-sorted chunk (transformers' LengthGroupedSampler: megabatch_mult=50)
+
 
 class StepBatches:
     """Which examples each process trains on at each optimizer step.
 
-    Each epoch the training examples are shuffled with `seed + epoch`; with length grouping they are cut into
-    mega-batches of 16 global batches, sorted by length inside each (longest first) so a micro-batch holds
-    similar lengths (little padding), as transformers' LengthGroupedSampler does. The epoch's micro-batches form one global list; optimizer step s uses the
-    next `accumulation * world_size` of them and process r takes every world_size-th one. The global batch of a
-    step is therefore the same whether it runs as 2 processes x 1 micro-batch or 1 process x 2 micro-batches,
-    and a resumed run continues at exactly the step it stopped at. Incomplete steps at an epoch's end are
-    dropped so no process ever sees a duplicated batch.
+    Each epoch the training examples are shuffled with `seed + epoch`. With length grouping they are cut into
+    mega-batches of `MEGA_BATCHES` global batches and sorted by length inside each, so a micro-batch holds similar
+    lengths (little padding), as transformers' `LengthGroupedSampler` does with the same 50; the steps are then
+    shuffled (lengths do not trend through the epoch) and the one holding the longest example is moved to the
+    front (an out-of-memory batch fails at the first step, not mid-run; LengthGroupedSampler does the same).
+    The epoch's micro-batches form one global list; optimizer step s uses the next `accumulation * world_size` of
+    them and process r takes every world_size-th one. The global batch of a step is therefore the same whether it
+    runs as 2 processes x 1 micro-batch or 1 process x 2 micro-batches, and a resumed run continues at exactly
+    the step it stopped at. Incomplete steps at an epoch's end are dropped so no process ever sees a duplicated
+    batch.
     """
 
     def __init__(self, lengths: list[int], micro_batch: int, accumulation: int, world: int, rank: int,
@@ -62,13 +70,22 @@ class StepBatches:
     def epoch_batches(self, epoch: int) -> list[list[int]]:
         if self._cache and self._cache[0] == epoch:
             return self._cache[1]
-        order = np.random.default_rng(self.seed + epoch).permutation(len(self.lengths))
+        rng = np.random.default_rng(self.seed + epoch)
+        order = rng.permutation(len(self.lengths))
         if self.group_by_length:
-            mega = self.micro_batch * self.per_step * 16  # depends only on the global batch size
+            mega = self.micro_batch * self.per_step * MEGA_BATCHES  # depends only on the global batch size
             chunks = [order[i : i + mega] for i in range(0, len(order), mega)]
             order = np.concatenate([c[np.argsort(-self.lengths[c], kind="stable")] for c in chunks])
         n = self.steps_per_epoch * self.per_step * self.micro_batch
         batches = [order[i : i + self.micro_batch].tolist() for i in range(0, n, self.micro_batch)]
+        if self.group_by_length:
+            # Shuffle whole steps (not micro-batches), so the global batch of a step stays the same set of examples
+            # however it is split into micro-batches and processes.
+            steps = [batches[i : i + self.per_step] for i in range(0, n // self.micro_batch, self.per_step)]
+            steps = [steps[i] for i in rng.permutation(len(steps))]
+            longest = int(np.argmax([max(self.lengths[b].max() for b in step) for step in steps]))
+            steps[0], steps[longest] = steps[longest], steps[0]
+            batches = [b for step in steps for b in step]
         self._cache = (epoch, batches)
         return batches
 
@@ -93,13 +110,18 @@ def lr_lambda(step: int, warmup: int, total: int, schedule: str) -> float:
 
 
 def make_optimizer(model: torch.nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
-    """AdamW (Loshchilov & Hutter 2019); no weight decay on biases and norms (1-D parameters), as in nanoGPT."""
+    """AdamW (Loshchilov & Hutter 2019); no weight decay on biases and norms (1-D parameters), as in nanoGPT.
+
+    The fused kernel (one pass over each parameter instead of a chain of element-wise ops; `Trainer`'s default
+    `adamw_torch_fused` since torch 2.8) whenever every parameter is a floating-point tensor on CPU or CUDA.
+    """
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": recipe.train.weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=recipe.train.learning_rate, betas=recipe.train.adam_betas)
+    fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+    return torch.optim.AdamW(groups, lr=recipe.train.learning_rate, betas=recipe.train.adam_betas, fused=fused)
 
 
 def accumulation_steps(cfg, world: int) -> int:
@@ -117,6 +139,34 @@ def accumulation_steps(cfg, world: int) -> int:
             f"{cfg.micro_batch_size} x {world} processes; pick a multiple of {per_pass}"
         )
     return cfg.global_batch_size // per_pass
+
+
+def pad_multiple(device: torch.device) -> int:
+    """Training batches are padded to a multiple of this: 8 on CUDA GPUs, 1 elsewhere.
+
+    transformers recommends `pad_to_multiple_of=8` so half-precision matmuls map onto Tensor Cores (NVIDIA compute
+    capability >= 7.0). A CPU gains nothing from it, and rounding 20-token rows up to 24 is 20% more work.
+    """
+    return 8 if device.type == "cuda" else 1
+
+
+def utilisation(accelerator: Accelerator, model_flops: float, seconds: float) -> dict[str, float]:
+    """Model FLOPs of this run's training steps and their utilisation of a matmul timed now (`pipelines.flops`).
+
+    Args:
+        model_flops: this process's training FLOPs (real tokens only).
+        seconds: training seconds (the loop's step time).
+
+    Returns:
+        {"model_flops", "model_flops_per_s", "matmul_flops_per_s" (per process), "mfu" (0-1)} over all processes.
+    """
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(accelerator.mixed_precision, torch.float32)
+    total = float(accelerator.reduce(torch.tensor(model_flops, device=accelerator.device, dtype=torch.float64),
+                                     "sum"))
+    peak = flops.matmul_flops_per_s(accelerator.device, dtype)
+    rate = total / max(seconds, 1e-9)
+    return {"model_flops": total, "model_flops_per_s": rate, "matmul_flops_per_s": peak,
+            "mfu": rate / (peak * accelerator.num_processes)}
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -203,8 +253,81 @@ def build(recipe: Recipe, run_dir: Path, accelerator: Accelerator, mode: str, *,
 
 
 def tokenize_cached(task: Task, rows: datasets.Dataset, tokenizer, recipe: Recipe, split: str) -> datasets.Dataset:
-    """Tokenize a split; `datasets` keeps the result in memory (built-in corpora are small)."""
-    return task.tokenize(rows, tokenizer, recipe, split)
+    """Tokenize a split, or load the identical result an earlier run saved (no repeated tokenization across runs).
+
+    Saved under `$TUNEFORGE_CACHE/tokenized/<key>` (default `~/.cache/tuneforge/tokenized`) with `save_to_disk`
+    and memory-mapped back with `load_from_disk`. The key covers everything the result depends on: the rows'
+    content fingerprint, the tokenizer's full serialized state (vocabulary, merges, special and added tokens, chat
+    template, max length), the source code of the task modules, the recipe's task, data and chat sections, the seed
+    (denoising derives its noise seeds from it), the split and the library versions. Slow (Python) tokenizers have
+    no serialized state to hash, so they are not cached. Processes write to a private folder and rename it into
+    place, so concurrent runs never see a half-written entry.
+    """
+    key = _tokenized_cache_key(task, rows, tokenizer, recipe, split)
+    if key is None:
+        return task.tokenize(rows, tokenizer, recipe, split)
+    path = _tokenized_cache_root() / key
+    if (path / "dataset_info.json").is_file():
+        os.utime(path)  # last use, for the least-recently-used pruning below
+        return datasets.load_from_disk(str(path))
+    features = task.tokenize(rows, tokenizer, recipe, split)
+    tmp = path.with_name(f"{key}.tmp-{os.getpid()}")
+    try:
+        features.save_to_disk(str(tmp))
+        os.replace(tmp, path)
+    except OSError:  # another process finished the same entry first, or the cache is not writable
+        shutil.rmtree(tmp, ignore_errors=True)
+        return features
+    _prune_tokenized_cache(path.parent, keep=path)
+    return datasets.load_from_disk(str(path))
+
+
+TOKENIZED_CACHE_BYTES = 2 * 2**30  # least recently used entries beyond this are deleted
+
+
+def _prune_tokenized_cache(root: Path, keep: Path) -> None:
+    """Delete the least recently used tokenized splits until the cache holds at most `TOKENIZED_CACHE_BYTES`."""
+    entries = []
+    for entry in root.iterdir():
+        if entry.is_dir() and ".tmp-" not in entry.name:
+            size = sum(f.stat().st_size for f in entry.iterdir() if f.is_file())
+            entries.append((entry.stat().st_mtime, size, entry))
+    total = sum(size for _, size, _ in entries)
+    for _, size, entry in sorted(entries):
+        if total <= TOKENIZED_CACHE_BYTES:
+            break
+        if entry != keep:
+            shutil.rmtree(entry, ignore_errors=True)
+            total -= size
+
+
+def _tokenized_cache_root() -> Path:
+    """$TUNEFORGE_CACHE/tokenized, else $XDG_CACHE_HOME/tuneforge/tokenized, else ~/.cache/tuneforge/tokenized."""
+    if os.environ.get("TUNEFORGE_CACHE"):
+        return Path(os.environ["TUNEFORGE_CACHE"]).expanduser() / "tokenized"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tuneforge" / "tokenized"
+
+
+def _tokenized_cache_key(task: Task, rows: datasets.Dataset, tokenizer, recipe: Recipe, split: str) -> str | None:
+    """The cache key of a tokenized split (see `tokenize_cached`), or None for a tokenizer that cannot be hashed."""
+    import hashlib
+
+    from pipelines import sources, tasks
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    task_code = [f.read_bytes() for f in sorted(Path(tasks.__file__).parent.glob("*.py"))]
+    tokenizer_state = [backend.to_str(), type(tokenizer).__name__, str(tokenizer.special_tokens_map),
+                       getattr(tokenizer, "chat_template", None), tokenizer.model_max_length,
+                       tokenizer.padding_side, tokenizer.truncation_side]
+    parts = [
+        task.name, split, sources.fingerprint(rows), hashlib.sha256(b"\n".join(task_code)).hexdigest(),
+        hashlib.sha256(json.dumps(tokenizer_state, default=str).encode()).hexdigest(),
+        recipe.data.model_dump(mode="json"), recipe.chat.model_dump(mode="json") if recipe.chat else None,
+        recipe.train.seed, runs.versions(),
+    ]
+    return f"{task.name}-{split}-{data_lib.cache_key(*parts)}"
 
 
 def preflight(recipe: Recipe) -> None:
@@ -317,6 +440,12 @@ def train(recipe: Recipe, run_dir: Path, *, overwrite: bool = False, launch: str
 
     model.train()
     device = accelerator.device
+    # No KV cache while training: nothing reuses it, and building one copies every layer's keys and values at
+    # every step (transformers' advice: `config.use_cache = False` to train, back on for inference).
+    config = getattr(accelerator.unwrap_model(model), "config", None)
+    use_cache = bool(getattr(config, "use_cache", False))
+    if use_cache:
+        config.use_cache = False
     log_loss = torch.zeros((), device=device, dtype=torch.float64)
     log_targets = torch.zeros((), device=device, dtype=torch.float64)
     tokens = nonpad = examples = 0
@@ -324,11 +453,13 @@ def train(recipe: Recipe, run_dir: Path, *, overwrite: bool = False, launch: str
     last_loss = float("nan")
     stop_at = min(cfg.max_steps, cfg.stop_after_steps or cfg.max_steps)
     bar = tqdm(total=cfg.max_steps, initial=start_step, disable=not main, desc=run_dir.name, dynamic_ncols=True)
-    collate = prep.task.collate
+    collate = partial(prep.task.collate, tokenizer=prep.tokenizer, recipe=recipe,
+                      pad_to_multiple_of=pad_multiple(device))
+    spec = flops.flop_spec(accelerator.unwrap_model(model))
+    model_flops = 0.0
     for step in range(start_step, stop_at):
         t0 = time.perf_counter()
-        micro = [collate([train_features[i] for i in b], tokenizer=prep.tokenizer, recipe=recipe)
-                 for b in batches.for_step(step)]
+        micro = [collate([train_features[i] for i in b]) for b in batches.for_step(step)]
         # Token-weighted loss: every target token of the global batch (all micro-batches, all processes) has the
         # same weight, so accumulation equals the full batch. DDP averages gradients over processes, hence the
         # factor num_processes. This is Accelerate's documented recipe for variable-size batches
@@ -339,6 +470,11 @@ def train(recipe: Recipe, run_dir: Path, *, overwrite: bool = False, launch: str
         if accelerator.num_processes > 1:
             global_targets = int(accelerator.reduce(torch.tensor(local_targets, device=device), "sum"))
         for i, batch in enumerate(micro):
+            # Counted on the host copy of the batch, so no step waits on the device for a number.
+            tokens += batch["input_ids"].numel()
+            nonpad += int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
+            examples += batch["input_ids"].size(0)
+            model_flops += float(flops.batch_flops(spec, batch))
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             last_micro = i == len(micro) - 1
             with accelerator.no_sync(model) if not last_micro else contextlib.nullcontext():
@@ -346,9 +482,6 @@ def train(recipe: Recipe, run_dir: Path, *, overwrite: bool = False, launch: str
                 total = nll.sum()
                 accelerator.backward(total * accelerator.num_processes / global_targets)
             log_loss += total.detach().double()
-            tokens += batch["input_ids"].numel()
-            nonpad += int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
-            examples += batch["input_ids"].size(0)
         log_targets += local_targets
         if cfg.max_grad_norm is not None:
             accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
@@ -379,11 +512,14 @@ def train(recipe: Recipe, run_dir: Path, *, overwrite: bool = False, launch: str
         if (cfg.save_every and done % cfg.save_every == 0) or done == stop_at:
             save_checkpoint(accelerator, run_dir, done, cfg.keep_checkpoints)
     bar.close()
+    if use_cache:
+        config.use_cache = True
 
     if stop_at < cfg.max_steps:
         accelerator.end_training()
         return {"status": "stopped", "step": stop_at}
 
+    mfu = utilisation(accelerator, model_flops, train_seconds)
     unwrapped = accelerator.unwrap_model(model)
     if main:
         unwrapped.save_pretrained(run_dir / "model", safe_serialization=True)
@@ -421,6 +557,7 @@ def train(recipe: Recipe, run_dir: Path, *, overwrite: bool = False, launch: str
             "nonpad_tokens_per_s": nonpad_all / max(train_seconds, 1e-9),
             "examples_per_s": examples * accelerator.num_processes / max(train_seconds, 1e-9),
             "peak_memory_mb": peak_memory_mb(device),
+            **mfu,
             "final_loss": last_loss,
             "processes": accelerator.num_processes,
             "mixed_precision": accelerator.mixed_precision,

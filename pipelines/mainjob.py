@@ -18,7 +18,16 @@ from pipelines.cli import main as cli
 STEPS: list[tuple[str, str]] = [
     ("train", "recipes/gpt/pretrain-tiny.yaml"),
     ("train", "recipes/gpt/lora-manpages.yaml"),
+    ("train", "recipes/gpt/chat-lora-manpages.yaml"),
+    ("train", "recipes/bart/pretrain-tiny.yaml"),
+    ("train", "recipes/bart/lora-summarize-manpages.yaml"),
+    ("train", "recipes/bart/lora-translate-en-de.yaml"),
+    ("baseline", "recipes/classifier/minilm-lora-sections.yaml"),
+    ("train", "recipes/classifier/minilm-lora-sections.yaml"),
+    ("train", "recipes/classifier/minilm-full-sections.yaml"),
+    ("train", "recipes/classifier/minilm-head-sections.yaml"),
 ]
+SUFFIX = {"train": "", "baseline": "-baseline"}  # the folder each command writes: runs/<run name><suffix>
 
 
 def run_name(recipe_path: str) -> str:
@@ -36,14 +45,14 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     timings = []
     for command, recipe in STEPS:
-        run_dir = Path(args.runs_dir) / run_name(recipe)
+        run_dir = Path(args.runs_dir) / (run_name(recipe) + SUFFIX[command])
         if runs.is_finished(run_dir) and not args.overwrite:
             print(f"== {recipe}: finished run in {run_dir}, skipped (--overwrite retrains)")
             continue
         print(f"== {recipe}", flush=True)
         t0 = time.perf_counter()
         # An interrupted run resumes from its last checkpoint; --overwrite starts every run afresh.
-        again = ["--overwrite"] if args.overwrite else ["train.resume=auto"]
+        again = ["--overwrite"] if args.overwrite or command != "train" else ["train.resume=auto"]
         code = cli([command, recipe, f"output.dir={args.runs_dir}", *again])
         timings.append((recipe, time.perf_counter() - t0))
         if code:

@@ -67,7 +67,8 @@ def build_config(cfg: ScratchConfig, tokenizer: PreTrainedTokenizerFast) -> PreT
     """A GPT-2 or BART config of the recipe's size, with the tokenizer's special-token ids.
 
     BART: `decoder_start_token_id` is `</s>` (=2) as in `facebook/bart-base`, and the encoder and decoder
-    each get `layers` layers.
+    each get `layers` layers. GPT-2 uses GPT-2's tanh-approximated GELU as PyTorch's one fused kernel
+    (`gelu_pytorch_tanh`, the same function as GPT-2's `gelu_new`, which is 7 separate element-wise ops).
     """
     ffn = cfg.ffn_size or 4 * cfg.hidden_size
     if cfg.architecture == "gpt2":
@@ -78,6 +79,7 @@ def build_config(cfg: ScratchConfig, tokenizer: PreTrainedTokenizerFast) -> PreT
             n_layer=cfg.layers,
             n_head=cfg.heads,
             n_inner=ffn,
+            activation_function="gelu_pytorch_tanh",
             resid_pdrop=cfg.dropout,
             embd_pdrop=cfg.dropout,
             attn_pdrop=cfg.dropout,

@@ -134,6 +134,29 @@ def test_end_of_turn_keeps_its_label_when_it_is_also_the_pad_token():
     assert chat.TASK.num_targets(batch) == sum(int((torch.tensor(f["labels"]) != IGNORE).sum()) for f in features)
 
 
+def test_tokenizer_own_template_without_generation_markers():
+    # A Zephyr-style template (end of turn = EOS, no {% generation %} markers): spans come from prefix renders.
+    texts = ["user assistant What does ls do? It lists files."] * 30
+    tok = scratch.train_tokenizer(texts, ScratchConfig(architecture="gpt2", vocab_size=300, min_frequency=1))
+    with pytest.raises(TuneforgeError, match="chat.template: 'tokenizer'"):
+        chat.install_chat_template(tok, "tokenizer")
+    tok.chat_template = ("{% for m in messages %}{{ '<|' + m['role'] + '|>\\n' + m['content'] + eos_token + '\\n' }}"
+                         "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}")
+    size = len(tok)
+    chat.install_chat_template(tok, "tokenizer")
+    assert len(tok) == size and IM_END not in tok.get_vocab()  # the tokenizer's own template: nothing added
+    messages = CONVERSATION[1:3]
+    ids, labels, _ = chat.encode_conversation(tok, messages, "assistant", 512)
+    answer = tok("It lists files.", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    targets = [t for t in labels if t != IGNORE]
+    assert targets == answer  # content + end-of-turn, nothing of "<|assistant|>\n" or the trailing newline
+    assert chat.end_of_turn_id(tok) == tok.eos_token_id
+    # a template whose full rendering does not extend its prefixes cannot be masked: a clear error
+    tok.chat_template = "{% for m in messages|reverse %}{{ m['content'] }}{% endfor %}"
+    with pytest.raises(TuneforgeError, match="prefixes"):
+        chat.encode_conversation(tok, CONVERSATION[1:5], "assistant", 512)
+
+
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 @pytest.mark.parametrize("loss_on", ["assistant", "all"])
 def test_packed_and_unpacked_batches_give_the_same_loss(tok, attn, loss_on):
@@ -200,33 +223,50 @@ def _write_chat_corpus(path: Path, n: int = 160) -> Path:
     rows = [{"messages": [
         {"role": "user", "content": f"What does cmd{i} do?"},
         {"role": "assistant", "content": "It lists files."},
-        {"role": "user", "content": "Tell me more."},
-        {"role": "assistant", "content": f"cmd{i} lists files in a directory."},
     ]} for i in range(n)]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
 
 
+def _pretrained_tiny_base(out: Path, corpus: Path) -> None:
+    """A tied tiny GPT-2 (as the project's own) that saw the questions and answers as plain text, no chat tokens.
+
+    A few seconds of full training: LoRA cannot lift a RANDOM frozen tied embedding (every token then predicts
+    itself most), just as real chat finetuning starts from a pretrained base.
+    """
+    rows = [json.loads(line)["messages"] for line in corpus.read_text().splitlines()]
+    texts = [" ".join(m["content"] for m in messages) for messages in rows]
+    # merges for the role names too (as a real BPE has), so the template's scaffolding is a few tokens
+    tok = scratch.train_tokenizer(corpus.read_text().splitlines() + ["system user assistant"] * 20,
+                                  ScratchConfig(architecture="gpt2", vocab_size=300, min_frequency=1))
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(tok), n_positions=96, n_embd=32, n_layer=2, n_head=2,
+                        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    model = GPT2LMHeadModel(config)
+    stream = [t for ids in tok(texts, add_special_tokens=False)["input_ids"] for t in (tok.eos_token_id, *ids)]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(60):
+        starts = torch.randint(0, len(stream) - 33, (16,)).tolist()
+        x = torch.tensor([stream[s : s + 32] for s in starts])
+        model(input_ids=x, labels=x).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+
+
 def test_tiny_chat_run_learns_to_answer_and_stops_at_end_of_turn(tmp_path):
     from pipelines import loop
 
-    # a random tiny GPT-2 whose tokenizer has no chat tokens yet: the run adds them, trains them, saves them
+    # the base's tokenizer has no chat tokens: the run adds them, trains their rows (LoRA) and saves them
     corpus = _write_chat_corpus(tmp_path / "chat.jsonl")
-    texts = [json.dumps(json.loads(line)) for line in corpus.read_text().splitlines()]
-    base_tok = scratch.train_tokenizer(texts + ["system user assistant"] * 20,
-                                       ScratchConfig(architecture="gpt2", vocab_size=300, min_frequency=1))
-    torch.manual_seed(0)
-    config = GPT2Config(vocab_size=len(base_tok), n_positions=96, n_embd=32, n_layer=2, n_head=2,
-                        bos_token_id=base_tok.bos_token_id, eos_token_id=base_tok.eos_token_id,
-                        pad_token_id=base_tok.pad_token_id)
-    GPT2LMHeadModel(config).save_pretrained(tmp_path / "base")
-    base_tok.save_pretrained(tmp_path / "base")
+    _pretrained_tiny_base(tmp_path / "base", corpus)
     recipe = build_recipe({
         "task": "chat", "model": {"base": str(tmp_path / "base")},
         "lora": {"r": 8, "alpha": 16, "dropout": 0.0},
         "chat": {"template": "chatml", "loss_on": "assistant", "system_prompt": "Be brief."},
         "data": {"source": str(corpus), "columns": {"messages": "messages"}, "max_length": 96, "packing": True},
-        "train": {"max_steps": 40, "micro_batch_size": 4, "learning_rate": 2e-2, "warmup_steps": 4, "log_every": 10},
+        "train": {"max_steps": 40, "micro_batch_size": 4, "learning_rate": 1e-2, "warmup_steps": 4, "log_every": 10},
         "eval": {"batch_size": 8, "generation": {"max_new_tokens": 12}},
         "output": {"dir": str(tmp_path / "runs"), "name": "chat-tiny"},
     })

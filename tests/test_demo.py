@@ -5,7 +5,9 @@ and `gradio_client` calls every tab's endpoint. Outputs are checked against the 
 
 from __future__ import annotations
 
+import html
 import json
+import re
 import shutil
 import threading
 import time
@@ -86,7 +88,7 @@ def test_discovery_offers_finished_runs_labelled_with_task_base_and_score(served
     )
     side = [key for _, key in run_choices(registry, "side_by_side")]
     assert "gpt-tiny" not in side and "gpt-lora" in side  # a scratch run has no base to compare with
-    header, *selected = client.predict(*[None] * 6, api_name="/refresh_runs")
+    header, *selected = client.predict(*[None] * 7, api_name="/refresh_runs")
     assert f"Serving {len(keys)} finished runs" in header
     assert selected[0]["value"] == "gpt-doomed"  # nothing was selected: the first generator run, by name
     assert [key for _, key in selected[0]["choices"]] == ["gpt-doomed", "gpt-lora", "gpt-tiny"]
@@ -289,3 +291,123 @@ def test_prompt_fitting_keeps_bos_and_the_most_recent_tokens():
     fitted = fit_decoder_prompt([0, 1, 2], max_new_tokens=100, context=64)
     assert fitted.max_new_tokens == 61 and fitted.input_ids == [0, 1, 2]  # shrinks the budget before the prompt
     assert fit_decoder_prompt([0, 1], 500, None).max_new_tokens == 500
+
+
+# -- Inspect tab ----------------------------------------------------------------------------------------------------
+
+
+def _png(path: str) -> bool:
+    with open(path, "rb") as f:
+        return f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def _chips(markup: str, background: str) -> list[str]:
+    """The texts of the token chips drawn in one colour."""
+    return [html.unescape(t) for t in re.findall(rf"background:{background};[^>]*>([^<]*)</span>", markup)]
+
+
+def test_inspect_views_of_a_gpt_run_and_its_base(client, runs_root):
+    from pipelines import introspect
+    from pipelines.data import load_data
+
+    recipe, _, model, tok = load_run_model(runs_root / "gpt-lora")
+    table, summary = client.predict("gpt-lora", "run", PROMPT, api_name="/inspect_tokens")
+    ids = [int(i) for i in re.findall(r"<tr><td>\d+</td><td>(\d+)</td>", table)]
+    assert ids == [tok.bos_token_id, *tok(PROMPT, add_special_tokens=False)["input_ids"]]  # as the model reads it
+    assert f"**{len(ids)} tokens**" in summary and "64-token context window" in summary
+    assert f"{len(tok):,} tokens" in summary
+    assert client.predict("gpt-lora", "run", ", ".join(map(str, ids)), api_name="/inspect_ids") == tok.decode(ids)
+
+    near, arith, note = client.predict("gpt-lora", "run", "cat", "cat", "dog", "mat", 5,
+                                       api_name="/inspect_embeddings")  # fmt: skip
+    assert [row[2] for row in near["data"]] == [i for _, i, _ in introspect.neighbours(model, tok, "cat", 5)]
+    assert len(arith["data"]) == 5 and "weak structure" in note
+
+    picture, note = client.predict("gpt-lora", "run", api_name="/inspect_positions")
+    assert _png(picture) and note.startswith("64 positions × 32 dimensions")
+
+    picture, note = client.predict("gpt-lora", "base", PROMPT, "", "self", 1, 1, False, api_name="/inspect_attention")
+    assert _png(picture) and "Grey cells are masked" in note and f"the {len(ids)} query tokens" in note
+    with pytest.raises(AppError, match="layer: 5 is out of range; this model has 2 layers"):
+        client.predict("gpt-lora", "run", PROMPT, "", "self", 5, 0, False, api_name="/inspect_attention")
+
+    # The base of a LoRA run is the run with adapters off, i.e. the pretrained run it started from.
+    _, steps_base, _ = client.predict("gpt-lora", "base", PROMPT, "", 1.0, 5, 4, api_name="/inspect_next_token")
+    _, steps_tiny, _ = client.predict("gpt-tiny", "run", PROMPT, "", 1.0, 5, 4, api_name="/inspect_next_token")
+    chart, steps, note = client.predict("gpt-lora", "run", PROMPT, "", 0.7, 5, 4, api_name="/inspect_next_token")
+    assert steps_base == steps_tiny and steps_base != steps and _png(chart) and "top 5 hold" in note
+    expected = introspect.greedy_steps(model, tok, PROMPT, steps=4, k=5, temperature=0.7)
+    assert _chips(steps, "#bbf7d0") == [introspect.token_text(tok, s["chosen_id"]) for s in expected]
+
+    windows, note = client.predict("gpt-tiny", "run", 0, api_name="/inspect_windows")
+    tiny_recipe = load_run_model(runs_root / "gpt-tiny")[0]
+    text = load_data(tiny_recipe.data)["test"][0]["description"]
+    expected = introspect.pretraining_windows(tok, text, tiny_recipe.data.max_length)
+    assert f"→ {len(expected)} window(s)" in note and windows.count("<h4>window") == min(len(expected), 3)
+    windows, note = client.predict("gpt-lora", "run", 0, api_name="/inspect_windows")
+    assert "Prompt → continuation" in note and "—" in windows  # the prompt's labels are -100
+    assert recipe.data.max_length == 64
+    with pytest.raises(AppError, match="trained from scratch"):
+        client.predict("gpt-tiny", "base", PROMPT, api_name="/inspect_tokens")
+
+
+def test_inspect_views_of_a_bart_run(client, runs_root):
+    if not has_task("denoising"):
+        pytest.skip("pipelines/tasks/denoising.py does not exist yet")
+    from pipelines import introspect
+
+    _, _, model, tok = load_run_model(runs_root / "bart-denoise")
+    source = "cmd5 copies files. the big cat sat on the mat."
+    notes = {}
+    for kind in ("encoder", "decoder", "cross"):
+        picture, notes[kind] = client.predict("bart-denoise", "run", source, "cmd5 copies", kind, 0, 1, True,
+                                              api_name="/inspect_attention")  # fmt: skip
+        assert _png(picture)
+    assert "Grey cells are masked" in notes["decoder"] and "Grey cells" not in notes["encoder"]
+    assert "Cross-attention" in notes["cross"]
+    prefix = [model.config.decoder_start_token_id] + tok(text_target="cmd5 copies")["input_ids"][:-1]
+    assert f"the {len(prefix)} query tokens; columns: the {len(tok(source)['input_ids'])} key" in notes["cross"]
+
+    chart, steps, note = client.predict("bart-denoise", "run", source, "cmd5", 1.0, 8, 3,
+                                        api_name="/inspect_next_token")  # fmt: skip
+    expected = introspect.greedy_steps(model, tok, source, steps=3, k=8, target_prefix="cmd5")
+    assert _chips(steps, "#bbf7d0") == [introspect.token_text(tok, s["chosen_id"]) for s in expected]
+    assert _png(chart) and "Encoder-decoder" in note
+
+    windows, note = client.predict("bart-denoise", "run", 0, api_name="/inspect_windows")
+    assert "BART text infilling" in note and "encoder input (corrupted)" in windows
+    assert _chips(windows, "#fca5a5")[0] == "<mask>"
+    _, note = client.predict("bart-summarize", "run", 0, api_name="/inspect_windows")
+    assert note.startswith("Does not apply")
+    picture, note = client.predict("bart-summarize", "base", api_name="/inspect_positions")
+    assert _png(picture) and "the encoder's table" in note
+
+
+def test_inspect_views_of_a_classifier_run(client, runs_root):
+    if not has_task("classification"):
+        pytest.skip("pipelines/tasks/classification.py does not exist yet")
+    from pipelines.tasks.classification import predict_proba
+
+    _, _, model, tok = load_run_model(runs_root / "cls-lora")
+    text = "cmd9 moves bytes quickly"
+    table, summary = client.predict("cls-lora", "run", text, api_name="/inspect_tokens")
+    ids = [int(i) for i in re.findall(r"<tr><td>\d+</td><td>(\d+)</td>", table)]
+    assert ids == tok(text)["input_ids"] and ids[0] == tok.cls_token_id and "512-token context window" in summary
+
+    chart, classes, note = client.predict("cls-lora", "run", text, "", 1.0, 5, 3, api_name="/inspect_next_token")
+    rows = re.findall(r"<tr><td>([^<]+)</td><td>([\d.]+)</td><td>([-+\d.]+)</td></tr>", classes)
+    probs = predict_proba(model, tok, [text])[0]
+    assert {label: float(p) for label, p, _ in rows} == pytest.approx(
+        {model.config.id2label[i]: float(probs[i]) for i in range(len(probs))}, abs=1e-4)  # fmt: skip
+    assert rows[0][0] == model.config.id2label[int(probs.argmax())] and "predicts no next token" in note
+    _, base_classes, _ = client.predict("cls-lora", "base", text, "", 1.0, 5, 3, api_name="/inspect_next_token")
+    assert base_classes != classes  # the base encoder with its untrained head
+
+    picture, note = client.predict("cls-lora", "run", text, "", "self", 5, 11, False, api_name="/inspect_attention")
+    assert _png(picture) and "Grey cells" not in note  # an encoder sees every token
+    picture, note = client.predict("cls-lora", "run", api_name="/inspect_positions")
+    assert _png(picture) and note.startswith("512 positions × 384 dimensions")
+    near, _, _ = client.predict("cls-lora", "run", "file", "", "", "", 3, api_name="/inspect_embeddings")
+    assert len(near["data"]) == 3
+    _, note = client.predict("cls-lora", "run", 0, api_name="/inspect_windows")
+    assert note.startswith("Does not apply: a classifier")

@@ -211,3 +211,25 @@ def test_leaderboard_tab_shows_tables_charts_and_run_details(page):
     expect(page.locator("#leaderboard-curve img")).to_be_visible()
     expect(page.get_by_text("task: causal_lm")).to_be_visible()
     shot(page, "leaderboard")
+
+
+def test_inspect_tab_shows_a_token_table_and_heatmaps(page, client):
+    from playwright.sync_api import expect
+
+    text = "cmd7 - lists files"
+    table, _ = client.predict("gpt-lora", "run", text, api_name="/inspect_tokens")
+    rows = len(re.findall(r"<tr><td>\d+</td>", table))
+    open_tab(page, "Inspect")
+    pick_run(page, "inspect", "gpt-lora")
+    page.locator("#inspect-text textarea").fill(text)
+    page.locator("#inspect-tokens-go").click()
+    expect(page.locator("#inspect-token-table tbody tr")).to_have_count(rows)
+    expect(page.locator("#inspect-token-table tbody tr").first).to_contain_text("<|endoftext|>")  # BOS first
+    page.locator("#inspect-pos-go").click()
+    page.locator("#inspect-att-go").click()
+    for picture in ("#inspect-positions img", "#inspect-attention img"):
+        expect(page.locator(picture)).to_be_visible()
+        assert page.locator(picture).evaluate("img => img.decode().then(() => img.naturalWidth)") > 100
+    expect(page.locator("#inspect-att-note")).to_contain_text("Grey cells are masked")
+    close_toasts(page)
+    shot(page, "inspect")

@@ -9,6 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, BertConfig, BertForSequenceClassification
 
 from pipelines import introspect
+from pipelines.errors import TuneforgeError
 
 
 @pytest.fixture(scope="module")
@@ -39,15 +40,17 @@ def test_attention_equals_model_output_and_rows_sum_to_one(gpt):
     att = introspect.attention(model, tok, "the cat sat on the mat")
     weights = att.maps["self"]
     n = len(att.tokens)
+    assert att.tokens[0] == tok.bos_token and att.causal == ("self",)  # the model reads [BOS] text, as in training
     assert weights.shape == (2, 2, n, n)
     torch.testing.assert_close(weights.sum(-1), torch.ones(2, 2, n))
     assert torch.triu(weights, diagonal=1).abs().max() == 0  # causal mask visible
     model.set_attn_implementation("eager")
-    ids = tok("the cat sat on the mat", return_tensors="pt")
+    ids = torch.tensor([[tok.bos_token_id] + tok("the cat sat on the mat", add_special_tokens=False)["input_ids"]])
     with torch.no_grad():
-        direct = torch.stack(model(**ids, output_attentions=True).attentions)[:, 0]
+        direct = torch.stack(model(input_ids=ids, output_attentions=True).attentions)[:, 0]
     torch.testing.assert_close(weights, direct)
     assert model.config._attn_implementation == "eager"
+    assert len(introspect.attention(model, tok, "the cat sat on the mat " * 20, max_tokens=10).tokens) == 10
 
 
 def test_topk_is_softmax_of_logits(gpt):
@@ -93,19 +96,168 @@ def test_pretraining_windows_show_the_shift(gpt):
         assert len(w["input_ids"]) == len(w["label_ids"]) <= 15
 
 
-def test_class_probabilities_are_sorted_softmax():
-    config = BertConfig(vocab_size=100, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=32, num_labels=3, id2label={0: "a", 1: "b", 2: "c"})
-    torch.manual_seed(0)
-    model = BertForSequenceClassification(config).eval()
-
-    class Tok:
-        def __call__(self, text, return_tensors, truncation):
-            return {"input_ids": torch.tensor([[1, 5, 7, 2]])}
-
-    rows = introspect.class_probabilities(model, Tok(), "x")
+def test_class_probabilities_are_sorted_softmax(classifier):
+    model, tok = classifier
+    rows = introspect.class_probabilities(model, tok, "x")
     assert sum(r[1] for r in rows) == pytest.approx(1.0)
     assert [r[1] for r in rows] == sorted((r[1] for r in rows), reverse=True)
-    logits = model(input_ids=torch.tensor([[1, 5, 7, 2]])).logits[0]
+    with torch.no_grad():
+        logits = model(**tok("x", return_tensors="pt")).logits[0]
     assert {r[0]: r[2] for r in rows} == pytest.approx({"a": float(logits[0]), "b": float(logits[1]),
                                                         "c": float(logits[2])})
+
+
+def test_decoder_only_reads_bos_first_and_bad_ids_are_refused(gpt):
+    model, tok = gpt
+    tokens = introspect.model_tokens(model, tok, "cmd3 lists")
+    assert tokens[0].id == tok.bos_token_id and tokens[0].special and tokens[0].start == tokens[0].end == 0
+    assert [t.id for t in tokens[1:]] == tok("cmd3 lists", add_special_tokens=False)["input_ids"]
+    assert introspect.family(model) == introspect.DECODER
+    with pytest.raises(TuneforgeError, match="not in the vocabulary"):
+        introspect.detokenize(tok, [1, len(tok)])
+    with pytest.raises(TuneforgeError, match="temperature"):
+        introspect.next_token_topk(model, tok, "cmd3", temperature=0)
+    assert introspect.token_text(tok, tok(" cat", add_special_tokens=False)["input_ids"][0]).startswith("␣")
+
+
+def test_greedy_steps_equal_generate_and_stop_at_eos(gpt):
+    model, tok = gpt
+    steps = introspect.greedy_steps(model, tok, "cmd3 lists", steps=6, k=3, temperature=0.5)
+    ids = torch.tensor([[tok.bos_token_id] + tok("cmd3 lists", add_special_tokens=False)["input_ids"]])
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False,
+                             pad_token_id=tok.pad_token_id)  # fmt: skip
+    generated = out[0, ids.size(1) :].tolist()
+    assert [s["chosen_id"] for s in steps] == generated[: len(steps)]
+    assert steps[-1]["chosen_id"] == tok.eos_token_id or len(steps) == 6
+    assert steps[1]["continuation"] == tok.decode(generated[:1])
+    assert all(sum(c.probability for c in s["top"]) <= 1 + 1e-6 and len(s["top"]) == 3 for s in steps)
+
+
+@pytest.fixture(scope="module")
+def bart():
+    """A tiny untrained BART with a BPE tokenizer trained here (the layout of the project's scratch BART)."""
+    from transformers import BartForConditionalGeneration
+
+    from pipelines.recipe import ScratchConfig
+    from pipelines.scratch import build_config, train_tokenizer
+
+    cfg = ScratchConfig(architecture="bart", vocab_size=300, min_frequency=1, context_length=64, hidden_size=32,
+                        layers=2, heads=2)  # fmt: skip
+    tok = train_tokenizer(["the cat sat on the mat", "cmd3 lists files quickly", "a dog ran under the tree"] * 20, cfg)
+    torch.manual_seed(0)
+    return BartForConditionalGeneration(build_config(cfg, tok)).eval(), tok
+
+
+def test_bart_attention_maps_encoder_decoder_and_cross(bart):
+    model, tok = bart
+    att = introspect.attention(model, tok, "the cat sat on the mat", target="a dog ran")
+    src = tok("the cat sat on the mat")["input_ids"]
+    dec = [model.config.decoder_start_token_id] + tok(text_target="a dog ran")["input_ids"][:-1]
+    assert att.tokens == tok.convert_ids_to_tokens(src) and att.target_tokens == tok.convert_ids_to_tokens(dec)
+    s, t = len(src), len(dec)
+    assert att.maps["encoder"].shape == (2, 2, s, s)
+    assert att.maps["decoder"].shape == (2, 2, t, t) and att.maps["cross"].shape == (2, 2, t, s)
+    for weights in att.maps.values():
+        torch.testing.assert_close(weights.sum(-1), torch.ones(weights.shape[:-1]))
+    assert att.causal == ("decoder",) and torch.triu(att.maps["decoder"], diagonal=1).abs().max() == 0
+    assert torch.triu(att.maps["encoder"], diagonal=1).abs().max() > 0  # the encoder sees the whole input
+    model.set_attn_implementation("eager")
+    with torch.no_grad():
+        out = model(input_ids=torch.tensor([src]), decoder_input_ids=torch.tensor([dec]), output_attentions=True)
+    torch.testing.assert_close(att.maps["cross"], torch.stack(out.cross_attentions)[:, 0])
+    torch.testing.assert_close(att.maps["encoder"], torch.stack(out.encoder_attentions)[:, 0])
+    pos = introspect.learned_positions(model)
+    assert pos.shape == (64, 32)  # the 2-row offset of BART's position table is cut off
+    torch.testing.assert_close(pos, model.model.encoder.embed_positions.weight[2:].detach())
+
+
+def test_bart_next_token_is_the_decoders_softmax_after_the_prefix(bart):
+    model, tok = bart
+    top = introspect.next_token_topk(model, tok, "cmd3 lists files", k=4, temperature=2.0, target_prefix="cmd3")
+    dec = [model.config.decoder_start_token_id] + tok(text_target="cmd3")["input_ids"][:-1]
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([tok("cmd3 lists files")["input_ids"]]),
+                       decoder_input_ids=torch.tensor([dec])).logits[0, -1]  # fmt: skip
+    probs = torch.softmax(logits / 2.0, -1)
+    assert [c.id for c in top] == probs.topk(4).indices.tolist()
+    assert [c.probability for c in top] == pytest.approx(probs.topk(4).values.tolist(), rel=1e-5)
+    assert [c.logit for c in top] == pytest.approx(logits[probs.topk(4).indices].tolist(), rel=1e-5)
+    steps = introspect.greedy_steps(model, tok, "cmd3 lists files", 3, k=4, temperature=2.0, target_prefix="cmd3")
+    assert [c.id for c in steps[0]["top"]] == [c.id for c in top]  # step 1 is the top-k after the prefix
+    assert [c.probability for c in steps[0]["top"]] == pytest.approx([c.probability for c in top], rel=1e-4)
+    dec += [steps[0]["chosen_id"]]  # the cached second step equals a full forward over the longer prefix
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([tok("cmd3 lists files")["input_ids"]]),
+                       decoder_input_ids=torch.tensor([dec])).logits[0, -1]  # fmt: skip
+    assert steps[1]["chosen_id"] == int(logits.argmax())
+    assert steps[1]["top"][0].logit == pytest.approx(float(logits.max()), rel=1e-4)
+
+
+def test_denoising_windows_are_the_test_splits_examples(bart):
+    from pipelines.tasks import denoising
+
+    model, tok = bart
+    text = "the cat sat on the mat and a dog ran under the tree " * 4
+    windows = introspect.denoising_windows(model, tok, text, max_length=16)
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert len(windows) == -(-len(ids) // 14)
+    recipe = type("R", (), {"data": type("D", (), {"mix": [], "columns": {"text": "t"}, "max_length": 16})(),
+                            "train": type("T", (), {"seed": 5})()})()  # fmt: skip
+    import datasets
+
+    examples = denoising.tokenize(datasets.Dataset.from_dict({"t": [text]}), tok, recipe, "test")
+    batch = denoising.collate([examples[i] for i in range(len(examples))], tok, recipe, pad_to_multiple_of=1)
+    for i, w in enumerate(windows):
+        n = len(w["source_ids"])
+        assert w["source_ids"] == batch["input_ids"][i, :n].tolist()  # the same corruption training code makes
+        assert w["label_ids"] == examples[i]["labels"]
+        assert w["decoder_input_ids"] == [model.config.decoder_start_token_id] + w["label_ids"][:-1]
+        assert tok.mask_token_id in w["source_ids"]
+
+
+def test_finetuning_example_masks_the_prompt_and_shifts(gpt):
+    _, tok = gpt
+    ex = introspect.finetuning_example(tok, "cmd3 - lists files", "cmd3 lists files.", max_length=64)
+    prompt = tok("cmd3 - lists files\n", add_special_tokens=False)["input_ids"]
+    text = tok("cmd3 lists files.", add_special_tokens=False)["input_ids"]
+    assert ex["input_ids"] == [tok.bos_token_id, *prompt, *text]  # [BOS] prompt "\n" text, the last token not input
+    assert ex["label_ids"] == [-100] * len(prompt) + text + [tok.eos_token_id]  # shifted; the real EOS keeps its label
+    assert ex["label_tokens"][: len(prompt)] == [None] * len(prompt)
+    assert ex["input_ids"][len(prompt) + 1 :] == ex["label_ids"][len(prompt) : -1]  # position t predicts t + 1
+
+
+@pytest.fixture(scope="module")
+def classifier():
+    """A tiny BERT classifier over MiniLM's real WordPiece tokenizer."""
+    from pipelines.modeling import load_tokenizer
+
+    tok = load_tokenizer("builtin:minilm-l6")
+    config = BertConfig(vocab_size=len(tok), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=64, num_labels=3,
+                        id2label={0: "a", 1: "b", 2: "c"}, label2id={"a": 0, "b": 1, "c": 2})  # fmt: skip
+    torch.manual_seed(0)
+    return BertForSequenceClassification(config).eval(), tok
+
+
+def test_encoder_attention_is_bidirectional_and_classes_match_predict_proba(classifier):
+    from pipelines.tasks.classification import predict_proba
+
+    model, tok = classifier
+    assert introspect.family(model) == introspect.ENCODER
+    att = introspect.attention(model, tok, "ls lists directory contents")
+    n = len(att.tokens)
+    assert att.tokens[0] == "[CLS]" and att.tokens[-1] == "[SEP]" and att.causal == ()
+    assert att.maps["self"].shape == (2, 2, n, n)
+    torch.testing.assert_close(att.maps["self"].sum(-1), torch.ones(2, 2, n))
+    assert torch.triu(att.maps["self"], diagonal=1).abs().max() > 0
+    cut = introspect.attention(model, tok, "ls lists directory contents " * 30, max_tokens=12)
+    assert len(cut.tokens) == 12 and cut.tokens[-1] == "[SEP]"
+    rows = introspect.class_probabilities(model, tok, "ls lists files", pair="GNU coreutils")
+    probs = predict_proba(model, tok, ["ls lists files"], text_pairs=["GNU coreutils"])[0]
+    assert {r[0]: r[1] for r in rows} == pytest.approx(dict(zip("abc", probs.tolist(), strict=True)), rel=1e-5)
+    with pytest.raises(TuneforgeError, match="predicts classes"):
+        introspect.next_token_topk(model, tok, "ls")
+    summary = introspect.vocabulary_summary(tok, model)
+    assert summary["context_window"] == 64 and summary["special_ids"]["[CLS]"] == tok.cls_token_id
+    assert introspect.learned_positions(model).shape == (64, 16)

@@ -94,14 +94,15 @@ def tokenize(rows: datasets.Dataset, tokenizer, recipe: Recipe, split: str) -> d
     return rows.map(fn, batched=True, batch_size=1000, remove_columns=rows.column_names, desc=f"tokenize {split}")
 
 
-def collate(features: list[dict], tokenizer, recipe: Recipe) -> dict[str, torch.Tensor]:
-    """Right-pad to the longest row rounded up to a multiple of 8; pad labels are -100, mask 0.
+def collate(features: list[dict], tokenizer, recipe: Recipe, pad_to_multiple_of: int = PAD_MULTIPLE
+            ) -> dict[str, torch.Tensor]:
+    """Right-pad to the longest row rounded up to a multiple of `pad_to_multiple_of`; pad labels are -100, mask 0.
 
     Returns:
         input_ids, attention_mask, labels: [B, T] int64.
     """
     width = max(len(f["input_ids"]) for f in features)
-    width = -(-width // PAD_MULTIPLE) * PAD_MULTIPLE
+    width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
     pad = tokenizer.pad_token_id
     ids = torch.full((len(features), width), pad, dtype=torch.long)
     labels = torch.full((len(features), width), IGNORE, dtype=torch.long)
@@ -124,9 +125,11 @@ def loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Ten
         (nll [B] float32, count [B] int64)
     """
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    targets = batch["labels"][:, 1:]
+    # Shift the labels, not the logits: slicing logits[:, :-1] would copy the step's largest tensor ([B, T, vocab])
+    # forward and backward. The last position predicts nothing (-100), as in transformers' ForCausalLMLoss.
+    targets = F.pad(batch["labels"][:, 1:], (0, 1), value=IGNORE)
     nll = F.cross_entropy(
-        logits[:, :-1].float().reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE, reduction="none"
+        logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE, reduction="none"
     ).view(targets.shape)
     return nll.sum(dim=1), (targets != IGNORE).sum(dim=1)
 

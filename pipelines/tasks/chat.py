@@ -171,7 +171,7 @@ def assistant_spans(tokenizer, messages: list[dict], text: str | None = None) ->
             raise TuneforgeError("data.columns.messages: a conversation starts with an assistant turn; "
                                  "it needs a user (or system) message before the first assistant answer")
         prompt = render(tokenizer, messages[:k], add_generation_prompt=True)
-        upto = render(tokenizer, messages[: k + 1])
+        upto = text if k + 1 == len(messages) else render(tokenizer, messages[: k + 1])
         if not (upto.startswith(prompt) and text.startswith(upto)):
             raise TuneforgeError(
                 "chat.template: the tokenizer's template does not render a conversation's prefixes as prefixes of "
@@ -203,21 +203,30 @@ def encode_conversation(
         TuneforgeError: the template renders BOS twice at the start (then the model would see two BOS tokens).
     """
     text = render(tokenizer, messages)
+    spans = None if loss_on == "all" else assistant_spans(tokenizer, messages, text)
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids, offsets = enc["input_ids"], enc["offset_mapping"]
+    return _labelled(tokenizer, enc["input_ids"], enc["offset_mapping"], spans, loss_on, max_length)
+
+
+def _labelled(tokenizer, ids: list[int], offsets: list[tuple[int, int]], spans: list[tuple[int, int]] | None,
+              loss_on: str, max_length: int) -> tuple[list[int], list[int], bool]:
+    """`encode_conversation` from the tokenized rendering and its assistant spans (None for loss_on=all)."""
     bos = tokenizer.bos_token_id
     if bos is not None and ids[:2] == [bos, bos]:
         raise TuneforgeError(
             "chat.template: the rendered conversation starts with two BOS tokens; use a template that writes "
             "bos_token once (chat.template=chatml does)"
         )
-    if loss_on == "all":
+    if spans is None:
         labels = list(ids)
     else:
-        spans = assistant_spans(tokenizer, messages, text)
         spans = spans[-1:] if loss_on == "last_assistant" else spans
-        labels = [t if any(s < e_tok and s_tok < e for s, e in spans) else IGNORE
-                  for t, (s_tok, e_tok) in zip(ids, offsets, strict=True)]
+        labels, j = [], 0
+        for token, (start, end) in zip(ids, offsets, strict=True):  # tokens and spans both in text order
+            while j < len(spans) and spans[j][1] <= start:
+                j += 1
+            inside = j < len(spans) and end > spans[j][0]
+            labels.append(token if inside else IGNORE)
     if labels:
         labels[0] = IGNORE
     return ids[:max_length], labels[:max_length], len(ids) > max_length
@@ -380,10 +389,16 @@ def tokenize(rows: datasets.Dataset, tokenizer, recipe: Recipe, split: str) -> d
     loss_on = chat.loss_on if split == "train" else "assistant"  # scores always on assistant tokens
 
     def encode(batch: dict, indices: list[int]) -> dict:
+        # encode_conversation, with one batched (Rust) tokenizer call per batch of conversations
+        conversations = [normalize_messages(m, chat.system_prompt, f"data.columns.messages ({split} row {i})")
+                         for i, m in zip(indices, batch[column], strict=True)]
+        texts = [render(tokenizer, m) for m in conversations]
+        spans = [None if loss_on == "all" else assistant_spans(tokenizer, m, t)
+                 for m, t in zip(conversations, texts, strict=True)]
+        enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
         out = {"input_ids": [], "labels": [], "length": [], "truncated": []}
-        for i, messages in zip(indices, batch[column], strict=True):
-            messages = normalize_messages(messages, chat.system_prompt, f"data.columns.messages ({split} row {i})")
-            ids, labels, truncated = encode_conversation(tokenizer, messages, loss_on, data.max_length)
+        for ids, offsets, sp in zip(enc["input_ids"], enc["offset_mapping"], spans, strict=True):
+            ids, labels, truncated = _labelled(tokenizer, ids, offsets, sp, loss_on, data.max_length)
             out["input_ids"].append(ids)
             out["labels"].append(labels)
             out["length"].append(len(ids))
@@ -402,14 +417,15 @@ def tokenize(rows: datasets.Dataset, tokenizer, recipe: Recipe, split: str) -> d
     return datasets.Dataset.from_dict(packed)
 
 
-def collate(features: list[dict], tokenizer, recipe: Recipe) -> dict[str, torch.Tensor]:
+def collate(features: list[dict], tokenizer, recipe: Recipe, pad_to_multiple_of: int = causal_lm.PAD_MULTIPLE
+            ) -> dict[str, torch.Tensor]:
     """Unpacked rows: causal LM's right-padded batch. Packed windows: the same plus `position_ids` [B, T].
 
     Padding after a packed window gets positions 0, 1, ... of its own, so transformers treats it as one more
     sequence that no real token attends to; its labels are -100. `attention_mask` then only marks real tokens
     for the loop's token counts; the loss does not pass it to the model.
     """
-    batch = causal_lm.collate(features, tokenizer, recipe)
+    batch = causal_lm.collate(features, tokenizer, recipe, pad_to_multiple_of)
     if "position_ids" in features[0]:
         width = batch["input_ids"].size(1)
         positions = torch.zeros_like(batch["input_ids"])
@@ -459,7 +475,8 @@ def score(ctx: ScoreContext) -> Scored:
 
     Generation: prompt = system + first user turn + the generation prompt (left-padded batches, greedy unless
     the recipe samples), stopped at the end-of-turn token, compared with the reference first answer by ROUGE
-    (`eval.metrics.generation_scores`).
+    (or the recipe's `eval.metrics`) through `eval.metrics.generation_scores`. Perplexity stays the primary
+    metric: it scores every assistant token, ROUGE only the first answer's words.
     """
     from eval.metrics import generation_scores, perplexity_scores
 
@@ -470,14 +487,15 @@ def score(ctx: ScoreContext) -> Scored:
     if not ctx.recipe.eval.generate:
         return Scored(scores=scores, settings=settings)
     gen = ctx.recipe.eval.generation
+    metrics = tuple(ctx.recipe.eval.metrics) or ("rouge",)
     messages, references = first_answer_prompts(ctx.rows, ctx.recipe)
     prompts = [build_prompt_ids(ctx.tokenizer, m, max_length=ctx.recipe.data.max_length) for m in messages]
     set_stop_tokens(ctx.accelerator.unwrap_model(ctx.model), ctx.tokenizer)
     generated = generate_ids(ctx.accelerator, ctx.model, ctx.tokenizer, prompts, gen, ctx.batch_size)
     predictions = decode(ctx.tokenizer, generated)
-    rouge, rouge_settings = generation_scores(predictions, references, ("rouge",))
-    scores.update(rouge)
-    settings.update(rouge_settings)
+    generated_scores, generated_settings = generation_scores(predictions, references, metrics)
+    scores.update(generated_scores)
+    settings.update(generated_settings)
     settings["generation"] = {**gen.model_dump(), "stop_token_ids": stop_token_ids(ctx.tokenizer),
                               "prompt": "system + first user turn + generation prompt; reference: first answer"}
     rows = [{"id": i, "prompt": m[-1]["content"], "prediction": p, "reference": r}

@@ -12,7 +12,8 @@ config, which `on_save` writes next to a LoRA adapter so the run loads with plai
 
 The head is trained in full and saved with a LoRA adapter (PEFT's `modules_to_save`, which PEFT sets to the
 `classifier`/`score` head for `SEQ_CLS`). Batches are length-grouped by the loop (`length` column) and padded to
-a multiple of 8. The loss is the per-example cross-entropy (summed by the loop, one target per example).
+a multiple of 8 (on GPUs; the loop decides). The loss is the per-example cross-entropy (summed by the loop, one
+target per example).
 """
 
 from __future__ import annotations
@@ -262,14 +263,15 @@ def tokenize(rows: datasets.Dataset, tokenizer, recipe: Recipe, split: str) -> d
     return rows.map(fn, batched=True, batch_size=1000, remove_columns=rows.column_names, desc=f"tokenize {split}")
 
 
-def collate(features: list[dict], tokenizer, recipe: Recipe | None = None) -> dict[str, torch.Tensor]:
-    """Right-pad to the longest row rounded up to a multiple of 8; the attention mask is 0 on padding.
+def collate(features: list[dict], tokenizer, recipe: Recipe | None = None, pad_to_multiple_of: int = PAD_MULTIPLE
+            ) -> dict[str, torch.Tensor]:
+    """Right-pad to the longest row rounded up to a multiple of `pad_to_multiple_of`; the mask is 0 on padding.
 
     Returns:
         input_ids, attention_mask [, token_type_ids]: [B, T] int64; labels [B] int64 when the rows have them.
     """
     width = max(len(f["input_ids"]) for f in features)
-    width = -(-width // PAD_MULTIPLE) * PAD_MULTIPLE
+    width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
     ids = torch.full((len(features), width), tokenizer.pad_token_id, dtype=torch.long)
     mask = torch.zeros((len(features), width), dtype=torch.long)
     types = torch.zeros((len(features), width), dtype=torch.long) if "token_type_ids" in features[0] else None
@@ -382,11 +384,11 @@ def score(ctx: ScoreContext) -> Scored:
     names = label_names(ctx.accelerator.unwrap_model(ctx.model))
     y_true = [int(y) for y in ctx.features["labels"]]
     text_col, pair_col = role_column(ctx.recipe, "text"), role_column(ctx.recipe, "text_pair")
-    pairs = ctx.rows[pair_col] if pair_col else None
-    return scored(log_probs, y_true, names, list(ctx.rows[text_col]), list(pairs) if pairs is not None else None)
+    pairs = list(ctx.rows[pair_col]) if pair_col else None
+    return score_log_probs(log_probs, y_true, names, list(ctx.rows[text_col]), pairs)
 
 
-def scored(log_probs: torch.Tensor, y_true: list[int], names: list[str], texts: list[str],
+def score_log_probs(log_probs: torch.Tensor, y_true: list[int], names: list[str], texts: list[str],
            pairs: list[str] | None = None, settings: dict | None = None) -> Scored:
     """Scores, predictions and the confusion matrix from class log-probabilities (shared with the baseline).
 

@@ -35,8 +35,7 @@ from transformers import AutoModelForSeq2SeqLM
 from pipelines.errors import TuneforgeError
 from pipelines.recipe import Recipe
 from pipelines.scoring import ScoreContext, Scored, example_losses
-from pipelines.tasks import Task
-from pipelines.tasks import seq2seq
+from pipelines.tasks import Task, seq2seq
 
 logger = logging.getLogger(__name__)
 
@@ -131,7 +130,8 @@ def tokenize(rows: datasets.Dataset, tokenizer, recipe: Recipe, split: str) -> d
     })
 
 
-def collate(features: list[dict], tokenizer, recipe: Recipe) -> dict[str, torch.Tensor]:
+def collate(features: list[dict], tokenizer, recipe: Recipe, pad_to_multiple_of: int = seq2seq.PAD_MULTIPLE
+            ) -> dict[str, torch.Tensor]:
     """Corrupt each example's tokens between `<s>` and `</s>` with its own generator, then pad.
 
     Returns:
@@ -142,7 +142,7 @@ def collate(features: list[dict], tokenizer, recipe: Recipe) -> dict[str, torch.
         ids = f["input_ids"]
         rng = np.random.default_rng(f["noise_seed"])
         sources.append([ids[0], *text_infilling(ids[1:-1], tokenizer.mask_token_id, rng), ids[-1]])
-    return seq2seq.pad_batch(sources, [f["labels"] for f in features], tokenizer.pad_token_id)
+    return seq2seq.pad_batch(sources, [f["labels"] for f in features], tokenizer.pad_token_id, pad_to_multiple_of)
 
 
 def prepare(recipe: Recipe, data: datasets.DatasetDict, tokenizer) -> tuple[datasets.DatasetDict, dict]:

@@ -152,7 +152,7 @@ def tokenize_pairs(tokenizer, sources: list[str], targets: list[str], max_length
 
 
 def tokenize(rows: datasets.Dataset, tokenizer, recipe: Recipe, split: str) -> datasets.Dataset:
-    """Rows -> `input_ids` (source), `labels` (target, unshifted) and `length` (source tokens, for bucketing)."""
+    """Rows -> `input_ids` (source), `labels` (target, unshifted) and `length` (longer of the two, for bucketing)."""
     data = recipe.data
     src, tgt = column(recipe, "source"), column(recipe, "target")
     input_ids, labels, cut_src, cut_tgt = tokenize_pairs(
@@ -163,19 +163,20 @@ def tokenize(rows: datasets.Dataset, tokenizer, recipe: Recipe, split: str) -> d
             "%s: truncated %d of %d sources to data.max_length=%d and %d targets to data.target_max_length=%d",
             split, cut_src, len(rows), data.max_length, cut_tgt, data.target_max_length,
         )
-    return datasets.Dataset.from_dict(
-        {"input_ids": input_ids, "labels": labels, "length": [len(ids) for ids in input_ids]}
-    )
+    # `length` orders length-grouped batches: the longer side decides how much a pair pads (source or target).
+    lengths = [max(len(s), len(t)) for s, t in zip(input_ids, labels, strict=True)]
+    return datasets.Dataset.from_dict({"input_ids": input_ids, "labels": labels, "length": lengths})
 
 
-def pad_batch(sources: list[list[int]], targets: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad sources with the pad id and targets with -100, each to its longest row rounded up to 8.
+def pad_batch(sources: list[list[int]], targets: list[list[int]], pad_id: int, pad_to_multiple_of: int = PAD_MULTIPLE
+              ) -> dict[str, torch.Tensor]:
+    """Right-pad sources with the pad id and targets with -100, each to its longest row rounded up to a multiple.
 
     Returns:
         input_ids, attention_mask: [B, S] int64; labels: [B, T] int64 (-100 on padding).
     """
     def width(rows: list[list[int]]) -> int:
-        return -(-max(len(r) for r in rows) // PAD_MULTIPLE) * PAD_MULTIPLE
+        return -(-max(len(r) for r in rows) // pad_to_multiple_of) * pad_to_multiple_of
 
     ids = torch.full((len(sources), width(sources)), pad_id, dtype=torch.long)
     mask = torch.zeros_like(ids)
@@ -187,9 +188,11 @@ def pad_batch(sources: list[list[int]], targets: list[list[int]], pad_id: int) -
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-def collate(features: list[dict], tokenizer, recipe: Recipe) -> dict[str, torch.Tensor]:
+def collate(features: list[dict], tokenizer, recipe: Recipe, pad_to_multiple_of: int = PAD_MULTIPLE
+            ) -> dict[str, torch.Tensor]:
     """Pad a micro-batch (see `pad_batch`); decoder inputs are left to the model."""
-    return pad_batch([f["input_ids"] for f in features], [f["labels"] for f in features], tokenizer.pad_token_id)
+    return pad_batch([f["input_ids"] for f in features], [f["labels"] for f in features], tokenizer.pad_token_id,
+                     pad_to_multiple_of)
 
 
 def loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

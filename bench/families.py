@@ -1,0 +1,189 @@
+"""The benchmark's three task families: model, data, sequence length, batch and steps, identical for every config.
+
+* causal_lm: pretraining a tiny GPT-2 (4 layers, d=256, 8k BPE vocabulary, 256-token context; the shape of
+  recipes/gpt/pretrain-tiny.yaml) on packed 256-token windows of man-page DESCRIPTION text. Full training.
+* seq2seq: training a tiny BART (3+3 layers, d=256, 8k BPE; the shape of recipes/bart/pretrain-tiny.yaml) on
+  English -> German gettext messages, sources and targets up to 64 tokens. Full training. The messages range
+  from one word to long sentences, so how batches are padded matters.
+* classification: LoRA (r=16 on every linear layer, head in full) on the pretrained MiniLM-L6 for Debian
+  package name + synopsis -> archive section (the 20 most frequent, the rest as "other"), up to 64 tokens.
+
+Every config starts from the same saved base weights (built once by `ensure_base`, seed 0) and uses the same
+optimizer settings: AdamW, constant learning rate, no warmup, no weight decay, gradient clipping at 1.0 (the
+`Trainer` defaults, which tuneforge matches here), fp32. Rows come from tuneforge's data loader (the same
+`train_limit` sample) so every framework sees the same examples; each framework tokenizes them its own way.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipelines.recipe import Recipe, build_recipe
+
+GPT = {"architecture": "gpt2", "vocab_size": 8192, "context_length": 256, "hidden_size": 256, "layers": 4,
+       "heads": 4}
+BART = {"architecture": "bart", "vocab_size": 8192, "context_length": 256, "hidden_size": 256, "layers": 3,
+        "heads": 4}
+TOKENIZER_TEXTS = 20_000  # BPE training texts for the bases (the recipes use up to 200k; merges barely change)
+
+
+@dataclass(frozen=True)
+class Family:
+    """One task family's fixed work.
+
+    Attributes:
+        name: causal_lm | seq2seq | classification (tuneforge's task name).
+        configs: the configurations compared, tuneforge first.
+        steps: optimizer steps.
+        batch: examples (packed windows for causal_lm) per optimizer step; one micro-batch, no accumulation.
+        learning_rate: constant learning rate.
+        data: tuneforge `data:` section (source, columns, lengths, limits).
+        lora: tuneforge `lora:` section, or None for full training.
+        base: "gpt", "bart" (built by `ensure_base`) or a `model.base` value.
+        one_epoch: the training sample is exactly `steps * batch` rows, so every config trains on every row once
+            and the comparison does not depend on which part of an epoch a sampler serves first.
+    """
+
+    name: str
+    title: str
+    configs: tuple[str, ...]
+    steps: int
+    batch: int
+    learning_rate: float
+    data: dict
+    base: str
+    lora: dict | None = None
+    one_epoch: bool = False
+
+    @property
+    def max_length(self) -> int:
+        return self.data["max_length"]
+
+
+FAMILIES = {
+    "causal_lm": Family(
+        name="causal_lm",
+        title="Causal LM: tiny GPT-2 pretraining on packed man-page text",
+        configs=("tuneforge", "trainer_defaults", "trainer_speed", "sft_packing"),
+        steps=24,
+        batch=8,
+        learning_rate=1e-3,
+        data={"source": "manpages", "columns": {"text": "description"}, "packing": True, "max_length": 256,
+              "train_limit": 2000},
+        base="gpt",
+    ),
+    "seq2seq": Family(
+        name="seq2seq",
+        title="Seq2seq: tiny BART, English -> German gettext messages",
+        configs=("tuneforge", "trainer_defaults", "trainer_speed"),
+        steps=40,
+        batch=32,
+        learning_rate=1e-3,
+        data={"source": "gettext", "params": {"lang": "de"}, "columns": {"source": "en", "target": "de"},
+              "max_length": 64, "target_max_length": 64},
+        base="bart",
+        one_epoch=True,
+    ),
+    "classification": Family(
+        name="classification",
+        title="Classification: MiniLM-L6 + LoRA, Debian package -> section",
+        configs=("tuneforge", "trainer_defaults", "trainer_speed"),
+        steps=40,
+        batch=32,
+        learning_rate=1e-3,
+        data={"source": "debian-packages", "columns": {"text": "package", "text_pair": "synopsis", "label": "section"},
+              "top_k_labels": 20, "other_labels": "other", "max_length": 64},
+        base="builtin:minilm-l6",
+        lora={"r": 16, "alpha": 32, "dropout": 0.05, "target_modules": "auto"},
+        one_epoch=True,
+    ),
+}
+
+
+def scaled(family: Family, scale: float) -> Family:
+    """The family with `steps` multiplied by `scale` (at least 4), for quick smoke runs."""
+    from dataclasses import replace
+
+    return replace(family, steps=max(4, round(family.steps * scale)))
+
+
+def log_every(family: Family) -> int:
+    """Loss logging interval: the final training loss is the mean over the last quarter of the steps."""
+    return max(1, family.steps // 4)
+
+
+def base_path(family: Family, work: Path) -> str:
+    return str(work / "bases" / family.base) if family.base in ("gpt", "bart") else family.base
+
+
+HELDOUT = 128  # validation examples every config is scored on after training (the same code for all)
+
+
+def tuneforge_recipe(family: Family, work: Path, name: str) -> Recipe:
+    """The family as a tuneforge recipe built in code (test scoring reduced to 16 rows: it is not measured)."""
+    data = {**family.data, "validation_limit": HELDOUT, "test_limit": 16}
+    if family.one_epoch:
+        data["train_limit"] = family.steps * family.batch
+    raw = {
+        "task": family.name,
+        "model": {"base": base_path(family, work)},
+        "data": data,
+        "train": {"max_steps": family.steps, "micro_batch_size": family.batch, "learning_rate": family.learning_rate,
+                  "lr_schedule": "constant", "warmup_steps": 0, "weight_decay": 0.0, "max_grad_norm": 1.0,
+                  "log_every": log_every(family), "seed": 0},
+        "eval": {"batch_size": 32, "score_base": False, "generate": False},
+        "output": {"dir": str(work / "runs"), "name": name},
+    }
+    if family.lora is not None:
+        raw["lora"] = family.lora
+    return build_recipe(raw, origin=f"bench:{family.name}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Bases: the tiny GPT-2 and BART, random init (seed 0) with a BPE tokenizer, saved once per work directory
+
+
+def ensure_base(kind: str, work: Path) -> Path:
+    """Build (once) and return the directory of the tiny `kind` ("gpt" or "bart") base model and tokenizer.
+
+    The tokenizer is tuneforge's scratch BPE (`pipelines.scratch`) trained on the family's training texts; the
+    weights are the config's random initialisation with seed 0, as a scratch recipe starts.
+    """
+    import hashlib
+
+    from pipelines import scratch
+
+    out = work / "bases" / kind
+    spec = GPT if kind == "gpt" else BART
+    # Rebuilt when the shape or tuneforge's scratch code (tokenizer training, config) changes.
+    identity = {**spec, "texts": TOKENIZER_TEXTS,
+                "scratch": hashlib.sha256(Path(scratch.__file__).read_bytes()).hexdigest()[:16]}
+    stamp = out / "bench_base.json"
+    if stamp.is_file() and json.loads(stamp.read_text()) == identity:
+        return out
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    from pipelines.recipe import ScratchConfig
+    from pipelines.sources import load_source
+
+    if kind == "gpt":
+        rows = load_source("manpages")["train"]
+        texts = [t for t in rows["description"][:TOKENIZER_TEXTS] if t]
+    else:
+        rows = load_source("gettext", lang="de")["train"]
+        texts = [t for pair in zip(rows["en"], rows["de"], strict=True) for t in pair if t][:TOKENIZER_TEXTS]
+    cfg = ScratchConfig(**spec, tokenizer_max_texts=TOKENIZER_TEXTS)
+    tokenizer = scratch.train_tokenizer(texts, cfg)
+    config = scratch.build_config(cfg, tokenizer)
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    auto = AutoModelForCausalLM if kind == "gpt" else AutoModelForSeq2SeqLM
+    model = auto.from_config(config)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    stamp.write_text(json.dumps(identity))
+    return out

@@ -1,0 +1,251 @@
+"""Turn the benchmark's raw runs into per-configuration means, ratios, target checks and docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from bench.families import Family
+from bench.measure import spread
+
+LABELS = {
+    "tuneforge": "tuneforge",
+    "trainer_defaults": "Trainer, defaults",
+    "trainer_speed": "Trainer, tuned for speed",
+    "sft_packing": "TRL SFTTrainer, packing",
+}
+# Held-out loss of tuneforge must be within this relative distance of the Trainer defaults' (same data, same
+# steps, different batch order): the "same final loss within noise" check.
+LOSS_TOLERANCE = 0.02
+METRICS = ("train_seconds", "tokens_per_s", "nonpad_tokens_per_s", "padding_fraction", "peak_rss_mb", "final_loss",
+           "heldout_loss", "mfu", "process_wall_seconds", "matmul_flops_per_s", "model_flops")
+
+
+def derived(run: dict) -> dict:
+    """Add rates to one run: tokens/s, non-padding tokens/s and MFU (model FLOP/s over the in-run matmul FLOP/s)."""
+    seconds = run["train_seconds"]
+    return {**run, "tokens_per_s": run["tokens"] / seconds, "nonpad_tokens_per_s": run["nonpad_tokens"] / seconds,
+            "mfu": run["model_flops"] / seconds / run["matmul_flops_per_s"]}
+
+
+def summarize(family: Family, runs: list[dict]) -> dict:
+    """Means over repeats per configuration, and tuneforge's ratios to each peer.
+
+    Returns:
+        {"work": the shared settings, "configs": {config: {"mean", "spread", "runs"}}, "ratios": {...}}
+    """
+    configs = {}
+    for config in family.configs:
+        ok = [derived(r) for r in runs if r["config"] == config and "error" not in r]
+        failed = [r for r in runs if r["config"] == config and "error" in r]
+        if not ok:
+            configs[config] = {"error": failed[0]["error"] if failed else "not run", "runs": failed}
+            continue
+        stats = {k: spread([r[k] for r in ok]) for k in METRICS}
+        configs[config] = {"mean": {k: v["mean"] for k, v in stats.items()}, "spread": stats, "runs": ok + failed}
+    ratios = {}
+    tf = configs.get("tuneforge", {}).get("mean")
+    peers = {c: v["mean"] for c, v in configs.items() if c != "tuneforge" and "mean" in v}
+    if tf and peers:
+        for config, mean in peers.items():
+            ratios[f"nonpad_tokens_per_s_vs_{config}"] = tf["nonpad_tokens_per_s"] / mean["nonpad_tokens_per_s"]
+            ratios[f"heldout_loss_diff_vs_{config}"] = tf["heldout_loss"] - mean["heldout_loss"]
+        best = max(peers, key=lambda c: peers[c]["nonpad_tokens_per_s"])
+        ratios["best_peer"] = best
+        ratios["nonpad_tokens_per_s_vs_best_peer"] = tf["nonpad_tokens_per_s"] / peers[best]["nonpad_tokens_per_s"]
+    work = {"steps": family.steps, "global_batch": family.batch, "max_length": family.max_length,
+            "learning_rate": family.learning_rate, "data": family.data, "lora": family.lora, "base": family.base,
+            "one_epoch": family.one_epoch}
+    return {"title": family.title, "work": work, "configs": configs, "ratios": ratios}
+
+
+def targets(result: dict) -> list[dict]:
+    """Issue 9's targets, each with the measured value and whether it is met."""
+    out = []
+    fams = result["families"]
+
+    def add(name: str, value: float | None, threshold: float, higher: bool = True, unit: str = "x") -> None:
+        met = value is not None and (value >= threshold if higher else value <= threshold)
+        out.append({"target": name, "value": value, "threshold": threshold, "unit": unit, "met": met})
+
+    for fam, summary in fams.items():
+        ratios = summary["ratios"]
+        add(f"{fam}: non-padding tokens/s vs best peer ({LABELS.get(ratios.get('best_peer'), '-')})",
+            ratios.get("nonpad_tokens_per_s_vs_best_peer"), 1.0)
+        if fam in ("seq2seq", "classification"):
+            add(f"{fam}: non-padding tokens/s vs Trainer defaults",
+                ratios.get("nonpad_tokens_per_s_vs_trainer_defaults"), 1.3)
+        tf = summary["configs"].get("tuneforge", {}).get("mean")
+        base = summary["configs"].get("trainer_defaults", {}).get("mean")
+        if tf and base:
+            add(f"{fam}: held-out loss, relative difference to Trainer defaults",
+                abs(tf["heldout_loss"] - base["heldout_loss"]) / base["heldout_loss"], LOSS_TOLERANCE, higher=False,
+                unit="")
+        add(f"{fam}: padding fraction (tuneforge)", tf["padding_fraction"] if tf else None, 0.10, higher=False,
+            unit="")
+    causal = fams.get("causal_lm", {}).get("configs", {}).get("tuneforge", {}).get("mean")
+    if causal:
+        add("causal_lm: MFU of tiny-GPT pretraining vs in-run matmul", causal["mfu"], 0.5, unit="")
+    speed = result.get("evalspeed") or {}
+    if "speedup" in speed:
+        add("seq2seq: batched generation vs one at a time", speed["speedup"], 3.0)
+    return out
+
+
+def _fmt(value: float | None, unit: str = "") -> str:
+    if value is None:
+        return "-"
+    if unit == "x":
+        return f"{value:.2f}x"
+    return f"{value:.3f}"
+
+
+def family_table(summary: dict) -> list[str]:
+    lines = [
+        "| configuration | train s | tokens/s | non-padding tokens/s | padding | peak RSS MiB | final train loss "
+        "| held-out loss | MFU | process s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for config, entry in summary["configs"].items():
+        if "mean" not in entry:
+            lines.append(f"| {LABELS[config]} | failed: {entry['error']} |" + " |" * 9)
+            continue
+        m, s = entry["mean"], entry["spread"]
+        lines.append(
+            f"| {LABELS[config]} | {m['train_seconds']:.1f} ({s['train_seconds']['min']:.1f}-"
+            f"{s['train_seconds']['max']:.1f}) | {m['tokens_per_s']:.0f} | {m['nonpad_tokens_per_s']:.0f} "
+            f"| {m['padding_fraction']:.1%} | {m['peak_rss_mb']:.0f} | {m['final_loss']:.3f} "
+            f"| {m['heldout_loss']:.3f} | {m['mfu']:.1%} | {m['process_wall_seconds']:.1f} |"
+        )
+    return lines
+
+
+def write_report(result: dict, path: Path) -> None:
+    """docs/benchmarks.md: command, machine, method, tables, targets and the raw JSON."""
+    m = result["machine"]
+    load0, load1 = result["load_average_start"], result["load_average_end"]
+    lines = [
+        "# Benchmarks: tuneforge vs transformers `Trainer` and TRL `SFTTrainer`",
+        "",
+        f"Generated by `{result['command']}` on {result['date']} (took {result['total_seconds'] / 60:.1f} min). "
+        "Do not edit by hand: rerun the command.",
+        "",
+        "```",
+        ".venv/bin/pip install -e \".[bench]\"          # TRL, the one peer that is not a tuneforge dependency",
+        "HF_HUB_OFFLINE=1 .venv/bin/python -m bench.run --report docs/benchmarks.md",
+        "```",
+        "",
+        "## Machine",
+        "",
+        f"- CPU: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB memory, no GPU; {m['os']}, "
+        f"Python {m['python']}",
+        "- " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()),
+        f"- load average (1/5/15 min) at start {load0[0]:.2f}/{load0[1]:.2f}/{load0[2]:.2f}, at end "
+        f"{load1[0]:.2f}/{load1[1]:.2f}/{load1[2]:.2f} (other work on the machine slows every configuration alike; "
+        "the interleaved order spreads it evenly)",
+        "",
+        "## What runs",
+        "",
+        METHOD,
+        "",
+        "## Results",
+        "",
+        f"Means over {result['reps']} interleaved repeats (training seconds show min-max). Rates count the training "
+        "loop only (tuneforge: `train.seconds`, the sum of step times; peers: `on_train_begin` to `on_train_end`); "
+        "`process s` is the whole process (imports, data, tokenization, training, saving, scoring).",
+        "",
+    ]
+    for summary in result["families"].values():
+        w = summary["work"]
+        lines += [f"### {summary['title']}", "",
+                  f"{w['steps']} optimizer steps x {w['global_batch']} examples, sequences up to {w['max_length']} "
+                  f"tokens, learning rate {w['learning_rate']} (constant), "
+                  f"{'LoRA r=' + str(w['lora']['r']) if w['lora'] else 'full training'}.", ""]
+        lines += family_table(summary)
+        r = summary["ratios"]
+        if r:
+            peers = [c for c in summary["configs"] if c != "tuneforge" and f"nonpad_tokens_per_s_vs_{c}" in r]
+            lines += ["", "tuneforge non-padding tokens/s vs " + ", ".join(
+                f"{LABELS[c]}: **{r[f'nonpad_tokens_per_s_vs_{c}']:.2f}x**" for c in peers) + "; held-out loss "
+                "difference (tuneforge - peer): " + ", ".join(
+                f"{LABELS[c]} {r[f'heldout_loss_diff_vs_{c}']:+.3f}" for c in peers) + " nats."]
+        lines.append("")
+    speed = result.get("evalspeed")
+    if speed:
+        lines += ["### Evaluation speed: seq2seq generation", ""]
+        if "speedup" in speed:
+            lines += [
+                f"tuneforge's `generate_ids` on {speed['examples']} validation sources with the translation "
+                f"recipe's decoding (beam search, {speed['num_beams']} beams, up to {speed['max_new_tokens']} new "
+                f"tokens, {speed['mean_new_tokens']:.1f} generated on average) using the seq2seq model tuneforge just "
+                f"trained: batches of {speed['batch_size']} sorted by length {speed['batched_seconds']:.1f} s, one "
+                f"example at a time {speed['one_at_a_time_seconds']:.1f} s: **{speed['speedup']:.1f}x**; "
+                f"{speed['same_output']:.0%} of the outputs are token-identical between the two.", ""]
+        else:
+            lines += [f"failed: {speed.get('error')}", ""]
+    lines += ["## Targets (issue 9)", "", "| target | measured | threshold | met |", "|---|---:|---:|:---:|"]
+    for t in targets(result):
+        lines.append(f"| {t['target']} | {_fmt(t['value'], t['unit'])} | {_fmt(t['threshold'], t['unit'])} "
+                     f"| {'yes' if t['met'] else '**no**'} |")
+    lines += ["", NOTES, "", "## Raw results", "", "<details><summary>results.json</summary>", "", "```json",
+              json.dumps(result, indent=1), "```", "", "</details>", ""]
+    path.write_text("\n".join(lines))
+
+
+METHOD = """\
+Three task families, each with the same model, data, sequence length, global batch, number of optimizer steps and
+optimizer settings in every configuration (AdamW, constant learning rate, no warmup, no weight decay, gradient
+clipping at 1.0, seed 0, fp32, one process using both cores):
+
+- **causal_lm**: pretraining a tiny GPT-2 (4 layers, d=256, 8k byte-level BPE, 256-token context; the shape of
+  `recipes/gpt/pretrain-tiny.yaml`) from the same random initialisation on 256-token windows of the host's man-page
+  DESCRIPTION text (a fixed 2000-page sample of the training split).
+- **seq2seq**: training a tiny BART (3+3 layers, d=256, 8k BPE; the shape of `recipes/bart/pretrain-tiny.yaml`)
+  from the same random initialisation on English -> German gettext messages (sources and targets up to 64 tokens;
+  one epoch over a fixed sample of exactly steps x batch pairs, so every configuration sees the same pairs).
+- **classification**: LoRA (r=16, alpha=32, dropout 0.05 on every linear layer, head trained in full; as in
+  `recipes/classifier/minilm-lora-sections.yaml`) on the pretrained MiniLM-L6, Debian package name + synopsis ->
+  archive section (20 most frequent, the rest as "other"), up to 64 tokens, one epoch over steps x batch rows.
+
+Configurations:
+
+- **tuneforge**: `pipelines.loop.train` with the family's recipe built in code (`bench/families.py`).
+- **Trainer, defaults**: `transformers.Trainer` with default `TrainingArguments` except the shared work above,
+  tokenized and collated as the transformers task guides do (causal LM: `group_texts` windows and
+  `DataCollatorForLanguageModeling`; seq2seq: `DataCollatorForSeq2Seq`; classification: `DataCollatorWithPadding`,
+  padding to the longest row of a random batch).
+- **Trainer, tuned for speed**: the same plus what its performance guides recommend and what applies to this
+  hardware: `train_sampling_strategy="group_by_length"` with a precomputed `length` column, fused AdamW (already the
+  default in transformers 5), `pad_to_multiple_of=8` in the collator (the guides recommend it for Tensor Cores; it
+  is kept here as documented). Not used: bf16 and fp16 (would change the numerics every other row keeps in fp32),
+  `torch_compile` (minutes of compilation on 2 cores, more than any run here), dataloader workers (the 2 cores are
+  busy computing; collation is a small fraction of a step).
+- **TRL SFTTrainer, packing** (causal LM only): `SFTConfig(packing=True, max_length=256)`: TRL's default
+  best-fit-decreasing packing, which turns on padding-free batches (one row per step with `position_ids`; no
+  padding is computed). Gradient checkpointing, on by default in TRL, is turned off (it trades speed for memory),
+  and `bf16=False` as everywhere.
+
+Measured per run, identically for every configuration by a forward pre-hook on the model (`bench/measure.py`):
+tokens computed (encoder + decoder positions), non-padding tokens, the padding fraction 1 - non-padding/tokens,
+and model FLOPs. **Model FLOPs** per token of full training are `6 N + 12 L d T` (Kaplan et al. 2020, "Scaling Laws
+for Neural Language Models", arXiv:2001.08361, Table 1 and section 2.1; Chowdhery et al. 2022, "PaLM",
+arXiv:2204.02311, appendix B): N the weights of every linear layer including the LM head, L layers, d the attention
+width, T the real (unpadded) length the token attends over. With LoRA the frozen weights cost `4 N_frozen` (forward
+and input gradient, no weight gradient) and the adapters `6 N_trainable`. Encoder-decoder models count encoder
+weights per source token, decoder weights per target token and cross-attention over the source
+(`pipelines/flops.py`). **MFU** is model FLOPs per training second divided by the FLOP/s of a large fp32 matmul
+timed in the same process right after training (`pipelines.flops.matmul_flops_per_s`). **Peak RSS** is the
+process's `ru_maxrss`. **Final train loss** is the framework's own logged mean over the last quarter of the steps;
+**held-out loss** scores every trained model with the same code on the same 128 validation rows (mean nats per
+target token), the check that faster training trained the same."""
+
+NOTES = """\
+## Notes
+
+- Padding to a multiple of 8 is for Tensor Cores (transformers' `pad_to_multiple_of` documentation). tuneforge
+  pads training batches to 8 on CUDA only (`pipelines.loop.pad_multiple`); on a CPU it is pure extra work (about
+  15% more tokens on 20-token inputs). The tuned Trainer row keeps the documented 8.
+- The tokenized splits are cached across runs (`pipelines.loop.tokenize_cached`, `~/.cache/tuneforge/tokenized`):
+  the `process s` column of tuneforge includes a cache hit after the first run of a family.
+- The short runs train from scratch (GPT-2, BART) or for one short epoch (MiniLM), so the losses are high; they are
+  there to show that every configuration trained the same, not to rank models."""

@@ -1,0 +1,654 @@
+"""The Inspect tab: see inside a run's model (or its base) -- tokens, embeddings, positions, attention, next-token
+probabilities and the windows pretraining reads.
+
+The computations are `pipelines.introspect`'s; this module only draws them (matplotlib figures rendered to images,
+HTML token tables) and lays out the tab. It follows `demo.app`'s conventions: runs are named by key only, every
+handler is wrapped with `shown_in_ui` (bad input becomes a message, the server keeps serving), text goes through
+`Handlers.text` (length limit), and every computation holds the model's lock. The base of a LoRA run is the same
+loaded model with its adapters switched off, as in the Side by side tab.
+
+Endpoints: `/inspect_tokens`, `/inspect_ids`, `/inspect_embeddings`, `/inspect_positions`, `/inspect_attention`,
+`/inspect_next_token`, `/inspect_windows`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import html
+import re
+import threading
+from collections import OrderedDict
+from concurrent.futures import Future
+
+import gradio as gr
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from demo.app import Handlers, run_dropdown, shown_in_ui
+from demo.models import LoadedModel, run_version
+from pipelines import introspect
+from pipelines.errors import TuneforgeError
+
+MAX_ATTENTION_TOKENS = 48  # per axis: more token labels than this no longer read on a heatmap
+MAX_TABLE_TOKENS = 1024  # rows of the token table (the count covers every token)
+MAX_WINDOWS = 3  # windows drawn per passage (the count covers all)
+MAX_K = 50
+MAX_STEPS = 20
+POSITION_PICTURES = 16  # positions views kept drawn
+PALETTE = ("#fde68a", "#bfdbfe", "#bbf7d0", "#fbcfe8", "#ddd6fe", "#fed7aa", "#a5f3fc", "#d9f99d")
+MASK_COLOUR = "#fca5a5"  # BART's <mask> in a corrupted input
+NO_LOSS = "—"  # a -100 label: the position has no loss
+DEFAULT_TEXT = "ls lists the files in a directory, sorted by name."
+WHICH = [("Run (as trained)", "run"), ("Its base model (LoRA: adapters off)", "base")]
+ATTENTION_KINDS = {
+    introspect.DECODER: ["self"],
+    introspect.ENCODER: ["self"],
+    introspect.ENCODER_DECODER: ["encoder", "decoder", "cross"],
+}
+WEAK_STRUCTURE = (
+    "Small models trained from scratch on little text show weak structure: neighbours share spelling or position "
+    "in the training text more often than meaning, and a − b + c rarely lands on the textbook answer "
+    "(king − man + woman ≈ queen needs billions of words, Mikolov et al. 2013). Byte-level BPE tells ` cat` "
+    "(inside a sentence, with its space) from `cat`."
+)
+
+
+def render(fig: Figure) -> np.ndarray:
+    """A figure as an [H, W, 3] uint8 RGB image (Agg canvas: no pyplot state, no file)."""
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def colour(i: int) -> str:
+    return PALETTE[i % len(PALETTE)]
+
+
+def chip(text: str, background: str, title: str = "") -> str:
+    """One token as a coloured inline box (HTML)."""
+    return (f'<span class="tf-chip" title="{html.escape(title)}" style="background:{background};padding:1px 3px;'
+            f'margin:1px;border-radius:3px;font-family:monospace;white-space:pre;color:#111">{html.escape(text)}</span>')
+
+
+# -- drawing --------------------------------------------------------------------------------------------------------
+
+
+def token_table_html(text: str, tokens: list[introspect.Token], shown: list[str]) -> str:
+    """The text coloured by token (each span in its token's colour), then one table row per token."""
+    pieces, end = [], 0
+    for i, tok in enumerate(tokens):
+        if tok.special:
+            pieces.append(chip(tok.token, "#e5e7eb", f"special token, id {tok.id}"))
+            continue
+        start = max(end, tok.start)  # byte-level tokens of one character share its span: show it once
+        if start < tok.end:
+            pieces.append(chip(text[start : tok.end], colour(i), f"token {i}, id {tok.id}"))
+        end = max(end, tok.end)
+    rows = []
+    for i, (tok, readable) in enumerate(zip(tokens[:MAX_TABLE_TOKENS], shown, strict=False)):
+        span = "special" if tok.special else f"{tok.start}–{tok.end}"
+        background = "#e5e7eb" if tok.special else colour(i)
+        rows.append(f"<tr><td>{i}</td><td>{tok.id}</td><td>{chip(tok.token, background)}</td>"
+                    f"<td>{chip(readable, '#f3f4f6')}</td><td>{span}</td></tr>")  # fmt: skip
+    more = (f"<p>… {len(tokens) - MAX_TABLE_TOKENS:,} more tokens not listed.</p>"
+            if len(tokens) > MAX_TABLE_TOKENS else "")  # fmt: skip
+    return (
+        f'<div id="inspect-token-text" style="line-height:1.9">{"".join(pieces)}</div>'
+        '<table id="inspect-token-table" style="font-size:0.9em"><thead><tr><th>#</th><th>id</th><th>token</th>'
+        "<th>text</th><th>characters</th></tr></thead><tbody>" + "".join(rows) + f"</tbody></table>{more}"
+    )
+
+
+def heatmap(ax, values: np.ndarray, title: str, cmap: str, vmin: float, vmax: float, xlabel: str, ylabel: str):
+    image = ax.imshow(values, aspect="auto", cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel(xlabel, fontsize=9)
+    ax.set_ylabel(ylabel, fontsize=9)
+    ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.02)
+
+
+def positions_figure(learned, sinusoid, learned_sim, sinusoid_sim) -> np.ndarray:
+    """2 x 2: position vectors [P, d] (learned | sinusoidal) over their cosine similarity [P, P]."""
+    fig = Figure(figsize=(11, 8.5), dpi=72)
+    # Fixed margins: matplotlib's constrained layout would take longer than all the rest of the view together.
+    axes = fig.subplots(2, 2, gridspec_kw={"left": 0.07, "right": 0.94, "bottom": 0.06, "top": 0.95, "wspace": 0.3,
+                                           "hspace": 0.3})  # fmt: skip
+    p, d = sinusoid.shape
+    if learned is not None:
+        # A few outliers (pretrained BERT tables have some) would wash the rest out: clip at the 99.5th percentile.
+        scale = float(np.percentile(np.abs(learned), 99.5)) or 1.0
+        heatmap(axes[0, 0], learned, f"learned position embeddings [{p} × {d}]", "RdBu_r", -scale, scale,
+                "dimension", "position")  # fmt: skip
+        heatmap(axes[1, 0], learned_sim, "learned: cosine similarity between positions", "viridis", -1, 1,
+                "position", "position")  # fmt: skip
+    else:
+        for ax in axes[:, 0]:
+            ax.axis("off")
+            ax.text(0.5, 0.5, "no learned position table\n(e.g. rotary positions)", ha="center", va="center")
+    heatmap(axes[0, 1], sinusoid, f"sinusoidal encoding (Vaswani et al. 2017) [{p} × {d}]", "RdBu_r", -1, 1,
+            "dimension", "position")  # fmt: skip
+    heatmap(axes[1, 1], sinusoid_sim, "sinusoidal: cosine similarity between positions", "viridis", -1, 1,
+            "position", "position")  # fmt: skip
+    return render(fig)
+
+
+def attention_figure(weights: np.ndarray, queries: list[str], keys: list[str], title: str, causal: bool) -> np.ndarray:
+    """Queries (rows) x keys (columns); masked cells (a causal decoder's future) in grey."""
+    tq, tk = weights.shape
+    # Margins from the longest label (monospace 8 pt: about 0.07 inch a character) instead of a layout engine.
+    left, bottom = 0.7 + 0.07 * max(map(len, queries), default=1), 0.7 + 0.07 * max(map(len, keys), default=1)
+    width, height = left + 1.4 + 0.2 * tk, bottom + 0.6 + 0.2 * tq
+    fig = Figure(figsize=(width, height), dpi=72)
+    ax = fig.add_axes((left / width, bottom / height, (width - left - 0.2) / width, (height - bottom - 0.4) / height))
+    values = np.ma.masked_where(np.triu(np.ones_like(weights, dtype=bool), k=1), weights) if causal else weights
+    palette = colormaps["viridis"].with_extremes(bad="#d1d5db")  # masked (causal) cells
+    # Scaled to the largest weight: over many keys the weights are small, and a 0..1 scale would show them all dark.
+    # A causal map's first row is always [1, masked...]: it does not set the scale.
+    top = float((weights[1:] if causal and tq > 1 else weights).max()) or 1.0
+    image = ax.imshow(values, cmap=palette, vmin=0, vmax=top, interpolation="nearest", aspect="auto")
+    ax.set_xticks(range(tk), keys, rotation=90, fontsize=8, fontfamily="monospace")
+    ax.set_yticks(range(tq), queries, fontsize=8, fontfamily="monospace")
+    ax.set_xlabel("key (attended to)", fontsize=9)
+    ax.set_ylabel("query (attending)", fontsize=9)
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(image, ax=ax, fraction=1.0 / (2 + 0.2 * tk), pad=0.02, label="attention weight")
+    return render(fig)
+
+
+def bars_figure(labels: list[str], values: list[float], title: str, xlabel: str) -> np.ndarray:
+    """Horizontal bars, the largest on top, each labelled with its value."""
+    height = 1.2 + 0.32 * len(labels)
+    left = 0.5 + 0.08 * max(map(len, labels), default=1)
+    fig = Figure(figsize=(8, height), dpi=72)
+    ax = fig.add_axes((left / 8, 0.7 / height, (8 - left - 0.3) / 8, (height - 1.1) / height))
+    y = np.arange(len(labels))[::-1]
+    ax.barh(y, values, color="#3b82f6")
+    ax.set_yticks(y, labels, fontfamily="monospace", fontsize=9)
+    for yi, v in zip(y, values, strict=True):
+        ax.text(v, yi, f" {v:.3f}", va="center", fontsize=8)
+    ax.set_xlim(0, max(1e-9, max(values)) * 1.18)
+    ax.set_xlabel(xlabel, fontsize=9)
+    ax.set_title(title, fontsize=10)
+    return render(fig)
+
+
+def shift_table(rows: list[tuple[str, list[int | None]]], tokenizer) -> str:
+    """Aligned token rows (one column per position, scrolling sideways), each token coloured by its id.
+
+    The same id has the same colour everywhere, so a label row that is the input row shifted by one shows as
+    the same colours moved one column to the left.
+    """
+    width = max(len(ids) for _, ids in rows)
+    head = "".join(f"<th>{i}</th>" for i in range(width))
+    body = []
+    for name, ids in rows:
+        cells = []
+        for tid in ids:
+            if tid is None:
+                cells.append(f'<td title="no loss (-100)" style="color:#9ca3af">{NO_LOSS}</td>')
+                continue
+            readable = introspect.token_text(tokenizer, tid)
+            background = MASK_COLOUR if tid == tokenizer.mask_token_id else colour(tid)
+            cells.append(f"<td>{chip(readable, background, f'id {tid}')}</td>")
+        name = html.escape(name)
+        body.append(f'<tr><th style="text-align:left;white-space:nowrap">{name}</th>{"".join(cells)}</tr>')
+    return ('<div style="overflow-x:auto"><table class="inspect-window" style="font-size:0.85em"><thead><tr>'
+            f"<th>position</th>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>")  # fmt: skip
+
+
+def _ids(label_ids: list[int]) -> list[int | None]:
+    return [None if i == -100 else i for i in label_ids]
+
+
+# -- handlers -------------------------------------------------------------------------------------------------------
+
+
+class Inspector:
+    """What the Inspect tab does, over the app's runs and model cache.
+
+    Args:
+        h: the app's handlers (registry, input limit, the plot lock).
+    """
+
+    def __init__(self, h: Handlers):
+        self.h = h
+        self._test_rows: dict[tuple[str, int], Future] = {}  # (run key, version) -> its data's test split
+        self._rows_lock = threading.Lock()
+        # (model key, version, run/base) -> the positions view: drawing it takes about a second, and it only
+        # changes when the run does. Bounded: a picture is ~1.5 MB.
+        self._positions: OrderedDict[tuple, tuple[np.ndarray, str]] = OrderedDict()
+
+    @contextlib.contextmanager
+    def _model(self, run: str, which: str):
+        """The run's model (or its base) with its lock held; a LoRA base runs with the adapters switched off."""
+        loaded = self.h.model(run, "inspect")  # says "Loading ..." on first use
+        adapter_off = False
+        if which == "base":
+            loaded, adapter_off = self.h.registry.base(run)
+        with loaded.lock, (loaded.model.disable_adapter() if adapter_off else contextlib.nullcontext()):
+            yield loaded
+
+    def _draw(self, fn, *args) -> np.ndarray:
+        with self.h._plot_lock:  # matplotlib's font and text caches are shared with the leaderboard's pyplot
+            return fn(*args)
+
+    # 1. tokenization
+
+    @shown_in_ui
+    def tokens(self, run: str, which: str, text: str) -> tuple[str, str]:
+        """Tokens with ids and character spans (HTML), and the vocabulary / context-window summary (markdown)."""
+        text = self.h.text(text, "text")
+        with self._model(run, which) as loaded:
+            tok = loaded.tokenizer
+            tokens = introspect.model_tokens(loaded.model, tok, text)
+            shown = [introspect.token_text(tok, t.id) for t in tokens[:MAX_TABLE_TOKENS]]
+            summary = introspect.vocabulary_summary(tok, loaded.model)
+            kind = introspect.family(loaded.model)
+        window = summary["context_window"]
+        count = f"**{len(tokens):,} tokens** from {len(text):,} characters"
+        if window:
+            count += f" — {len(tokens) / window:.0%} of the model's **{window:,}-token context window**"
+            if len(tokens) > window:
+                count += " (over it: the model reads at most that many; the generator keeps the most recent)"
+        specials = ", ".join(f"`{name}` = `{value}`" for name, value in summary["special_tokens"].items())
+        ids = ", ".join(f"`{token}` {i}" for token, i in summary["special_ids"].items())
+        how = {introspect.DECODER: "BOS first, as training and the generator feed a decoder-only model",
+               introspect.ENCODER_DECODER: "with the tokenizer's special tokens, as the encoder reads a source",
+               introspect.ENCODER: "with the tokenizer's special tokens, as the classifier reads a text"}  # fmt: skip
+        md = (f"{count}; tokenized {how[kind]}.\n\n**Vocabulary:** {summary['vocab_size']:,} tokens. "
+              f"**Special tokens:** {specials} (ids: {ids}).")  # fmt: skip
+        return token_table_html(text, tokens, shown), md
+
+    @shown_in_ui
+    def ids_to_text(self, run: str, which: str, ids: str) -> str:
+        """Token ids (separated by spaces or commas) -> text, special tokens kept."""
+        if not ids or not ids.strip():
+            raise TuneforgeError("ids: empty; type token ids such as 0, 1183, 264")
+        if len(ids) > self.h.max_input_chars:
+            raise TuneforgeError(f"ids: over this demo's limit of {self.h.max_input_chars:,} characters")
+        parts = [p for p in re.split(r"[\s,\[\]]+", ids) if p]
+        if not all(p.isdigit() for p in parts):
+            raise TuneforgeError(f"ids: {ids[:40]!r} is not a list of token ids; type numbers such as 0, 1183, 264")
+        with self._model(run, which) as loaded:
+            return introspect.detokenize(loaded.tokenizer, [int(p) for p in parts])
+
+    # 2. embeddings
+
+    @shown_in_ui
+    def embeddings(self, run: str, which: str, word: str, a: str, b: str, c: str, k: int):
+        """Nearest neighbours of `word` and the analogy a - b + c, by cosine in the input embedding matrix."""
+        word = self.h.text(word, "word")
+        k = int(k)
+        analogy_words = [w for w in (a, b, c) if w and w.strip()]
+        if analogy_words and len(analogy_words) != 3:
+            raise TuneforgeError("analogy: give all three words a, b and c (or none)")
+        with self._model(run, which) as loaded:
+            tok, model = loaded.tokenizer, loaded.model
+            near = introspect.neighbours(model, tok, word, k)
+            _, word_ids = introspect.word_vector(model, tok, word)
+            table = [[r + 1, introspect.token_text(tok, i), i, round(cos, 4)] for r, (_, i, cos) in enumerate(near)]
+            arith = []
+            if analogy_words:
+                found = introspect.analogy(model, tok, *[self.h.text(w, "analogy word") for w in analogy_words], k)
+                arith = [[r + 1, introspect.token_text(tok, i), i, round(cos, 4)]
+                         for r, (_, i, cos) in enumerate(found)]  # fmt: skip
+            pieces = " ".join(f"`{introspect.token_text(tok, i)}` ({i})" for i in word_ids)
+            size = tuple(model.get_input_embeddings().weight.shape)
+        md = (f"`{word}` is {len(word_ids)} token(s): {pieces}"
+              f"{' — their mean vector is used' if len(word_ids) > 1 else ''}. Input embedding matrix: "
+              f"{size[0]:,} × {size[1]} (vocabulary × hidden size).\n\n> {WEAK_STRUCTURE}")  # fmt: skip
+        return table, arith, md
+
+    # 3. positions
+
+    @shown_in_ui
+    def positions(self, run: str, which: str) -> tuple[np.ndarray, str]:
+        """Learned position embeddings beside the sinusoidal encoding of the same size, and their similarities."""
+        with self._model(run, which) as loaded:
+            key = (loaded.key, loaded.version, which)
+            with self._rows_lock:
+                if key in self._positions:
+                    self._positions.move_to_end(key)
+                    return self._positions[key]
+            learned = introspect.learned_positions(loaded.model)
+            d = loaded.model.get_input_embeddings().embedding_dim
+            p = learned.shape[0] if learned is not None else introspect.context_window(loaded.model) or 512
+            kind = introspect.family(loaded.model)
+        sinusoid = introspect.sinusoidal_positions(p, d)
+        learned_np = learned.numpy() if learned is not None else None
+        learned_sim = introspect.position_similarity(learned).numpy() if learned is not None else None
+        image = self._draw(positions_figure, learned_np, sinusoid.numpy(),
+                           learned_sim, introspect.position_similarity(sinusoid).numpy())  # fmt: skip
+        encoder_decoder = kind == introspect.ENCODER_DECODER
+        which_table = " (the encoder's table; BART's decoder has its own)" if encoder_decoder else ""
+        md = (f"{p} positions × {d} dimensions{which_table}. The model adds row *p* of its position table to the "
+              "embedding of the token at position *p*. Left: what training learned; right: the fixed sinusoids of "
+              "*Attention Is All You Need* (§3.5) for the same size, where nearby positions are similar and the "
+              "similarity falls off smoothly with distance.")  # fmt: skip
+        if learned is None:
+            md = "This model has no learned position table (it encodes positions another way, e.g. rotary). " + md
+        with self._rows_lock:
+            self._positions[key] = (image, md)
+            while len(self._positions) > POSITION_PICTURES:
+                self._positions.popitem(last=False)
+        return image, md
+
+    # 4. attention
+
+    @shown_in_ui
+    def attention(self, run: str, which: str, text: str, target: str | None, kind: str, layer: int, head: int,
+                  average: bool) -> tuple[np.ndarray, str]:  # fmt: skip
+        """One layer's attention weights (one head or their mean) as a query x key heatmap."""
+        text = self.h.text(text, "text")
+        target = self.h.text(target, "target") if target and target.strip() else None
+        with self._model(run, which) as loaded:
+            family = introspect.family(loaded.model)
+            att = introspect.attention(loaded.model, loaded.tokenizer, text, target, max_tokens=MAX_ATTENTION_TOKENS)
+            full = len(introspect.model_tokens(loaded.model, loaded.tokenizer, text))
+            readable = [introspect.token_text(loaded.tokenizer, loaded.tokenizer.convert_tokens_to_ids(t))
+                        for t in att.tokens]  # fmt: skip
+            readable_dec = [introspect.token_text(loaded.tokenizer, loaded.tokenizer.convert_tokens_to_ids(t))
+                            for t in att.target_tokens or []]  # fmt: skip
+        if kind not in att.maps:
+            kind = ATTENTION_KINDS[family][0]
+            gr.Warning(f"attention: this {family} model has {', '.join(att.maps)} attention; showing {kind}")
+        maps = att.maps[kind]
+        layers, heads = maps.shape[:2]
+        layer, head = int(layer), int(head)
+        if not 0 <= layer < layers:
+            raise TuneforgeError(f"layer: {layer} is out of range; this model has {layers} layers (0–{layers - 1})")
+        if not average and not 0 <= head < heads:
+            raise TuneforgeError(f"head: {head} is out of range; this model has {heads} heads (0–{heads - 1})")
+        weights = maps[layer].mean(0) if average else maps[layer, head]
+        queries = readable_dec if kind in ("decoder", "cross") else readable
+        keys = readable_dec if kind == "decoder" else readable
+        who = f"mean of {heads} heads" if average else f"head {head} of {heads}"
+        causal = kind in att.causal
+        image = self._draw(attention_figure, weights.numpy(), queries, keys,
+                           f"{kind} attention, layer {layer} of {layers}, {who}", causal)  # fmt: skip
+        notes = [f"Rows: the {len(queries)} query tokens; columns: the {len(keys)} key tokens; each row is a "
+                 "softmax and sums to 1."]  # fmt: skip
+        if causal:
+            notes.append("Grey cells are masked: a decoder position never sees the tokens after it (causal mask).")
+        if kind == "cross":
+            notes.append("Cross-attention: each decoder position (teacher-forced target) reads the encoder's tokens.")
+        if family == introspect.ENCODER_DECODER:
+            notes.append("The decoder reads the target (default: the text itself, as denoising reconstructs it) "
+                         "behind its start token.")  # fmt: skip
+        if full > len(att.tokens):
+            notes.append(f"The input has {full} tokens; the first {len(att.tokens)} are shown.")
+        return image, " ".join(notes)
+
+    # 5. next-token probabilities (class probabilities for classifiers)
+
+    @shown_in_ui
+    def next_token(self, run: str, which: str, text: str, target: str | None, temperature: float, k: int,
+                   steps: int) -> tuple[np.ndarray, str, str]:  # fmt: skip
+        """Top-k next tokens at a temperature and a greedy continuation step by step; classifiers: classes."""
+        text = self.h.text(text, "text")
+        target = self.h.text(target, "target") if target and target.strip() else None
+        k, steps, temperature = int(k), int(steps), float(temperature)
+        if not 1 <= k <= MAX_K or not 1 <= steps <= MAX_STEPS:
+            raise TuneforgeError(f"k and steps: between 1 and {MAX_K} / {MAX_STEPS} (got {k}, {steps})")
+        with self._model(run, which) as loaded:
+            if loaded.recipe.task == "classification":
+                return self._classes(loaded, text, target)
+            tok = loaded.tokenizer
+            # Step 1's candidates are the top-k after the prompt (one forward pass serves both).
+            walk = introspect.greedy_steps(loaded.model, tok, text, steps, k, temperature, target_prefix=target)
+            top = walk[0]["top"]
+            labels = [introspect.token_text(tok, c.id) for c in top]
+            rows = []
+            for i, step in enumerate(walk):
+                cands = " ".join(chip(f"{introspect.token_text(tok, c.id)} {c.probability:.3f}",
+                                      "#bfdbfe" if j == 0 else "#f3f4f6") for j, c in enumerate(step["top"][:5]))
+                rows.append(f"<tr><td>{i + 1}</td><td style='white-space:pre-wrap'>{html.escape(step['continuation'])}"
+                            f"</td><td>{chip(introspect.token_text(tok, step['chosen_id']), '#bbf7d0')}</td>"
+                            f"<td>{cands}</td></tr>")  # fmt: skip
+        image = self._draw(bars_figure, labels, [c.probability for c in top],
+                           f"top-{k} next tokens at temperature {temperature:g}", "probability")  # fmt: skip
+        table = ('<table id="inspect-steps"><thead><tr><th>step</th><th>continuation so far</th><th>greedy choice</th>'
+                 f"<th>top-{min(k, 5)} (probability)</th></tr></thead><tbody>{''.join(rows)}</tbody></table>")
+        mass = sum(c.probability for c in top)
+        md = (f"p = softmax(logits / T) over {len(tok):,} tokens; the top {k} hold {mass:.1%} of the probability. "
+              "Lower T sharpens the distribution, higher T flattens it; the greedy choice (argmax) is the same at "
+              "any T.")  # fmt: skip
+        if introspect.family(loaded.model) == introspect.ENCODER_DECODER:
+            md += (" Encoder-decoder: the text is the source; the decoder predicts the target's next token after "
+                   "the target so far (the Target box; empty = its first token).")  # fmt: skip
+        return image, table, md
+
+    def _classes(self, loaded: LoadedModel, text: str, pair: str | None) -> tuple[np.ndarray, str, str]:
+        takes_pairs = "text_pair" in loaded.recipe.data.columns
+        if pair and not takes_pairs:
+            gr.Warning(f"{loaded.key} classifies single texts; the second text is ignored")
+        rows = introspect.class_probabilities(loaded.model, loaded.tokenizer, text, pair if takes_pairs else None)
+        image = self._draw(bars_figure, [r[0] for r in rows[:MAX_K]], [r[1] for r in rows[:MAX_K]],
+                           "class probabilities", "probability")  # fmt: skip
+        body = "".join(f"<tr><td>{html.escape(label)}</td><td>{p:.4f}</td><td>{logit:+.3f}</td></tr>"
+                       for label, p, logit in rows)  # fmt: skip
+        table = ('<table id="inspect-classes"><thead><tr><th>class</th><th>probability</th><th>logit</th></tr>'
+                 f"</thead><tbody>{body}</tbody></table>")  # fmt: skip
+        md = (f"A classifier predicts no next token: its head maps the text to {len(rows)} logits, and "
+              "p = softmax(logits) (temperature and steps do not apply). The first class is the run's prediction.")
+        if takes_pairs:
+            md += " This run reads text pairs: the Target / second text box is the second text."
+        return image, table, md
+
+    # 6. pretraining windows
+
+    def _test_split(self, key: str):
+        """The run's test split, loaded once per run version in a background thread (data loading takes seconds)."""
+        from pipelines.data import load_data
+
+        run = self.h.registry.run(key)
+        cache_key = (key, run_version(run))
+        with self._rows_lock:
+            future = self._test_rows.get(cache_key)
+            if future is None or (future.done() and future.exception() is not None):
+                future = Future()
+                self._test_rows[cache_key] = future
+                recipe = self.h.model(key, "inspect").recipe
+
+                def load() -> None:
+                    try:
+                        future.set_result(load_data(recipe.data)["test"])
+                    except BaseException as exc:  # shown to the request that waits on it
+                        future.set_exception(exc)
+
+                threading.Thread(target=load, name=f"inspect-data-{key}", daemon=True).start()
+        return future
+
+    @shown_in_ui
+    def windows(self, run: str, which: str, row: int) -> tuple[str, str]:
+        """A real passage of the run's test data cut into the windows its training reads, the label shift visible."""
+        loaded = self.h.model(run, "inspect")
+        recipe, task = loaded.recipe, loaded.recipe.task
+        if task not in ("causal_lm", "denoising"):
+            return "", not_pretraining(loaded)
+        test = self._test_split(run).result()
+        row = int(row)
+        if not 0 <= row < len(test):
+            raise TuneforgeError(f"row: {row} is out of range; the test split has {len(test)} rows "
+                                 f"(0–{len(test) - 1})")  # fmt: skip
+        prompt, text = passage(recipe, test[row])
+        with self._model(run, which) as loaded:
+            tok = loaded.tokenizer
+            if task == "denoising":
+                found = introspect.denoising_windows(loaded.model, tok, text, recipe.data.max_length)
+                parts = [shift_table([("encoder input (corrupted)", w["source_ids"])], tok)
+                         + shift_table([("decoder input", w["decoder_input_ids"]),
+                                        ("label (next token)", w["label_ids"])], tok)
+                         for w in found[:MAX_WINDOWS]]  # fmt: skip
+                how = (f"BART text infilling: the text is cut into pieces of {recipe.data.max_length - 2} tokens "
+                       "between `<s>` and `</s>`; about 30% of each piece's tokens are masked in Poisson(3)-long "
+                       "spans, each span one red `<mask>` (the test split's fixed noise). The encoder reads the "
+                       "corrupted piece; the decoder reads the original shifted right behind its start token and "
+                       "predicts the label in each column — the same colours, one column to the left.")  # fmt: skip
+            elif recipe.data.packing or prompt is None:
+                found = introspect.pretraining_windows(tok, text, recipe.data.max_length)
+                parts = [shift_table([("input", w["input_ids"]), ("label (next token)", w["label_ids"])], tok)
+                         for w in found[:MAX_WINDOWS]]
+                how = (f"Causal-LM pretraining: documents are joined with `{tok.eos_token}` and cut into windows of "
+                       f"{recipe.data.max_length} tokens (the last, shorter one is dropped in training). Position *t* "
+                       "predicts token *t + 1*: the label row is the input row moved one column to the left.")
+            else:
+                found = [introspect.finetuning_example(tok, prompt, text, recipe.data.max_length)]
+                parts = [shift_table([("input", w["input_ids"]), ("label (next token)", _ids(w["label_ids"]))], tok)
+                         for w in found]
+                how = ("Prompt → continuation finetuning: one example per row, `[BOS] prompt ↵ text EOS` up to "
+                       f"{recipe.data.max_length} tokens; the prompt's labels are −100 (no loss, shown as {NO_LOSS}), "
+                       "the continuation's are the next tokens: the label row is the input row moved one column left.")
+        shown = min(len(found), MAX_WINDOWS)
+        header = (f"Test row {row} of `{recipe.data.source}`: {len(text):,} characters → {len(found)} "
+                  f"window(s), {shown} shown.")  # fmt: skip
+        blocks = "".join(f"<h4>window {i}</h4>{part}" for i, part in enumerate(parts))
+        return f'<div id="inspect-windows">{blocks}</div>', f"{header}\n\n{how}"
+
+    # run changes
+
+    def controls(self, run: str | None):
+        """Attention kinds and layer/head ranges of the selected run; starts loading its test data."""
+        if not run:
+            return gr.update(), gr.update(), gr.update()
+        try:
+            loaded = self.h.model(run, "inspect")
+        except (TuneforgeError, gr.Error):
+            return gr.update(), gr.update(), gr.update()
+        config = introspect.base_model(loaded.model).config
+        kinds = ATTENTION_KINDS[introspect.family(loaded.model)]
+        layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", 1)
+        heads = (getattr(config, "num_attention_heads", None) or getattr(config, "n_head", None)
+                 or getattr(config, "encoder_attention_heads", 1))  # fmt: skip
+        if loaded.recipe.task in ("causal_lm", "denoising"):
+            self._test_split(run)  # prefetch: the windows view is then instant
+        return (gr.update(choices=kinds, value=kinds[0]), gr.update(maximum=max(layers - 1, 0), value=0),
+                gr.update(maximum=max(heads - 1, 0), value=0))  # fmt: skip
+
+
+def passage(recipe, row: dict) -> tuple[str | None, str]:
+    """(prompt or None, text) of one data row, by the recipe's column roles (a `mix` gives a `text` column)."""
+    if recipe.data.mix:
+        return None, row["text"]
+    cols = recipe.data.columns["text"]
+    cols = [cols] if isinstance(cols, str) else cols
+    text = next((row[c] for c in cols if row[c] and str(row[c]).strip()), "")
+    prompt = row[recipe.data.columns["prompt"]] if "prompt" in recipe.data.columns else None
+    if not text:
+        raise TuneforgeError("row: this test row has no text; pick another row")
+    return prompt, text
+
+
+def not_pretraining(loaded: LoadedModel) -> str:
+    """Why the windows view does not apply to this run."""
+    recipe = loaded.recipe
+    if recipe.task == "classification":
+        return (f"Does not apply: a classifier reads one text (or pair) per example, truncated to "
+                f"data.max_length = {recipe.data.max_length} tokens, with no next-token labels. Its base "
+                f"(`{recipe.model.base}`) was pretrained by its authors, not by a recipe here.")
+    return (f"Does not apply: this {recipe.task} run trains on whole examples, not on pretraining windows. Its base "
+            f"(`{recipe.model.base}`) has them: pick that run if it is in this folder.")
+
+
+# -- layout ---------------------------------------------------------------------------------------------------------
+
+
+def inspect_tab(h: Handlers) -> gr.Dropdown:
+    """Inspect tab (`/inspect_*`); returns its run list."""
+    ins = Inspector(h)
+    with gr.Tab("Inspect", id="inspect"):
+        gr.Markdown("See inside a run's model, or its base: how text becomes token ids, what the embeddings and "
+                    "position tables hold, where attention goes, how logits become the next token, and what "
+                    "pretraining reads. Each view has its own button; **Show all** runs every view.")  # fmt: skip
+        with gr.Row():
+            run = run_dropdown(h.registry, "inspect")
+            which = gr.Radio(WHICH, value="run", label="Model", elem_id="inspect-which")
+        with gr.Row():
+            text = gr.Textbox(label="Text", value=DEFAULT_TEXT, lines=2, elem_id="inspect-text", scale=3,
+                              info=f"Up to {h.max_input_chars:,} characters.")  # fmt: skip
+            target = gr.Textbox(label="Target / second text", lines=2, elem_id="inspect-target", scale=2,
+                                info="Encoder-decoders: the decoder's text so far. Pair classifiers: the second "
+                                "text. Otherwise unused.")  # fmt: skip
+        show_all = gr.Button("Show all", variant="primary", elem_id="inspect-all")
+
+        with gr.Accordion("1 · Tokenization", open=True):
+            tokens_go = gr.Button("Tokenize", elem_id="inspect-tokens-go", size="sm")
+            tokens_md = gr.Markdown(elem_id="inspect-tokens-summary")
+            tokens_html = gr.HTML(elem_id="inspect-tokens")
+            with gr.Row():
+                ids = gr.Textbox(label="Token ids → text", placeholder="e.g. 0, 1183, 264", elem_id="inspect-ids")
+                ids_out = gr.Textbox(label="Text", interactive=False, elem_id="inspect-ids-out")
+            ids_go = gr.Button("Decode ids", size="sm", elem_id="inspect-ids-go")
+
+        with gr.Accordion("2 · Embeddings", open=True):
+            with gr.Row():
+                word = gr.Textbox(label="Word", value="file", elem_id="inspect-word")
+                a = gr.Textbox(label="a", value="files", elem_id="inspect-a")
+                b = gr.Textbox(label="− b", value="file", elem_id="inspect-b")
+                c = gr.Textbox(label="+ c", value="directory", elem_id="inspect-c")
+                k_near = gr.Slider(1, MAX_K, value=10, step=1, label="Neighbours", elem_id="inspect-k-near")
+            emb_go = gr.Button("Find neighbours", size="sm", elem_id="inspect-emb-go")
+            emb_md = gr.Markdown(elem_id="inspect-emb-note")
+            with gr.Row():
+                near = gr.Dataframe(headers=["rank", "token", "id", "cosine"], label="Nearest neighbours of the word",
+                                    interactive=False, elem_id="inspect-neighbours")  # fmt: skip
+                arith = gr.Dataframe(headers=["rank", "token", "id", "cosine"], label="a − b + c", interactive=False,
+                                     elem_id="inspect-analogy")  # fmt: skip
+
+        with gr.Accordion("3 · Positional encoding", open=True):
+            pos_go = gr.Button("Show positions", size="sm", elem_id="inspect-pos-go")
+            pos_md = gr.Markdown(elem_id="inspect-pos-note")
+            pos_img = gr.Image(label="Position vectors and their cosine similarity", format="png", type="numpy",
+                               interactive=False, elem_id="inspect-positions")  # fmt: skip
+
+        with gr.Accordion("4 · Attention", open=True):
+            with gr.Row():
+                kinds = sorted({k for ks in ATTENTION_KINDS.values() for k in ks})  # narrowed per run by `controls`
+                kind = gr.Dropdown(kinds, value="self", label="Attention", elem_id="inspect-kind")
+                layer = gr.Slider(0, 47, value=0, step=1, label="Layer", elem_id="inspect-layer")
+                head = gr.Slider(0, 63, value=0, step=1, label="Head", elem_id="inspect-head")
+                average = gr.Checkbox(False, label="Average over heads", elem_id="inspect-average")
+            att_go = gr.Button("Show attention", size="sm", elem_id="inspect-att-go")
+            att_md = gr.Markdown(elem_id="inspect-att-note")
+            att_img = gr.Image(label="Attention weights", format="png", type="numpy", interactive=False,
+                               elem_id="inspect-attention")  # fmt: skip
+
+        with gr.Accordion("5 · Next-token probabilities", open=True):
+            with gr.Row():
+                temperature = gr.Slider(0.05, 3.0, value=1.0, step=0.05, label="Temperature",
+                                        elem_id="inspect-temperature")  # fmt: skip
+                k_top = gr.Slider(1, MAX_K, value=10, step=1, label="Top-k", elem_id="inspect-k")
+                steps = gr.Slider(1, MAX_STEPS, value=6, step=1, label="Greedy steps", elem_id="inspect-steps-n")
+            next_go = gr.Button("Predict", size="sm", elem_id="inspect-next-go")
+            next_md = gr.Markdown(elem_id="inspect-next-note")
+            next_img = gr.Image(label="Top-k probabilities", format="png", type="numpy", interactive=False,
+                                elem_id="inspect-topk")  # fmt: skip
+            next_html = gr.HTML(elem_id="inspect-next-steps")
+
+        with gr.Accordion("6 · Pretraining windows", open=True):
+            with gr.Row():
+                row = gr.Number(0, precision=0, minimum=0, label="Test row of the run's data", elem_id="inspect-row")
+                win_go = gr.Button("Show windows", size="sm", elem_id="inspect-win-go")
+            win_md = gr.Markdown(elem_id="inspect-win-note")
+            win_html = gr.HTML(elem_id="inspect-windows-out")
+
+    views = [
+        (ins.tokens, [run, which, text], [tokens_html, tokens_md], tokens_go, "inspect_tokens"),
+        (ins.embeddings, [run, which, word, a, b, c, k_near], [near, arith, emb_md], emb_go, "inspect_embeddings"),
+        (ins.positions, [run, which], [pos_img, pos_md], pos_go, "inspect_positions"),
+        (ins.attention, [run, which, text, target, kind, layer, head, average], [att_img, att_md], att_go,
+         "inspect_attention"),
+        (ins.next_token, [run, which, text, target, temperature, k_top, steps], [next_img, next_html, next_md],
+         next_go, "inspect_next_token"),
+        (ins.windows, [run, which, row], [win_html, win_md], win_go, "inspect_windows"),
+    ]  # fmt: skip
+    for fn, inputs, outputs, button, name in views:
+        button.click(fn, inputs, outputs, api_name=name)
+    ids_go.click(ins.ids_to_text, [run, which, ids], ids_out, api_name="inspect_ids")
+    chain = show_all.click(views[0][0], views[0][1], views[0][2], api_visibility="private")
+    for fn, inputs, outputs, _, _ in views[1:]:
+        chain = chain.then(fn, inputs, outputs, api_visibility="private")
+    run.change(ins.controls, run, [kind, layer, head], api_visibility="private")
+    return run

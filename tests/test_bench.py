@@ -1,0 +1,196 @@
+"""The benchmark's measuring helpers (FLOP formula, padding counts, ratios) and the loop's speed features.
+
+The full benchmark (`python -m bench.run`) is not part of the test suite; these pin down what it computes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from transformers import (
+    BartConfig,
+    BartForConditionalGeneration,
+    BertConfig,
+    BertForSequenceClassification,
+    GPT2Config,
+    GPT2LMHeadModel,
+)
+
+from bench.families import FAMILIES
+from bench.measure import TokenCounter, padding_fraction, segment_lengths
+from bench.report import summarize, targets
+from pipelines import flops, loop
+
+
+def tiny_gpt2() -> GPT2LMHeadModel:
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=64, n_positions=16, n_embd=32, n_layer=2, n_head=2, n_inner=128)
+    return GPT2LMHeadModel(config)
+
+
+# Per GPT-2 layer: c_attn 32x96 + attn c_proj 32x32 + mlp c_fc 32x128 + mlp c_proj 128x32 = 12288 weights;
+# 2 layers + the (tied) LM head 64x32 = 26624 matmul weights. Embeddings, norms and biases do not count.
+GPT2_MATMUL_WEIGHTS = 2 * (32 * 96 + 32 * 32 + 32 * 128 + 128 * 32) + 64 * 32
+
+
+def test_full_training_flops_are_6n_plus_attention():
+    spec = flops.flop_spec(tiny_gpt2())
+    assert spec.linear == {"src": 6 * GPT2_MATMUL_WEIGHTS, "tgt": 0, "example": 0}
+    assert (spec.src_layers, spec.d_attn, spec.encoder_decoder) == (2, 32, False)
+    # Two examples of 16 and 8 real tokens: 6N per token + 12 L d T per token (T = the example's length).
+    got = flops.training_flops(spec, torch.tensor([16, 8]))
+    assert float(got) == 6 * GPT2_MATMUL_WEIGHTS * 24 + 12 * 2 * 32 * (16 * 16 + 8 * 8)
+
+
+def test_lora_flops_count_frozen_weights_4n_and_adapters_6n():
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(tiny_gpt2(), LoraConfig(r=4, target_modules=["c_attn"], fan_in_fan_out=True))
+    spec = flops.flop_spec(model)
+    adapters = 2 * (4 * 32 + 96 * 4)  # lora_A [4, 32] and lora_B [96, 4] in each of the 2 layers
+    assert spec.linear["src"] == 4 * GPT2_MATMUL_WEIGHTS + 6 * adapters
+
+
+def test_encoder_decoder_flops_put_cross_attention_keys_on_source_tokens():
+    config = BartConfig(vocab_size=50, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+                        decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, max_position_embeddings=32)
+    spec = flops.flop_spec(BartForConditionalGeneration(config))
+    attn, ffn = 16 * 16, 2 * 16 * 32
+    src = 4 * attn + ffn + 2 * attn  # encoder layer + the decoder's cross-attention k/v (run on encoder output)
+    tgt = 4 * attn + 2 * attn + ffn + 50 * 16  # decoder self-attention, cross q/o, feed-forward, LM head
+    assert spec.linear == {"src": 6 * src, "tgt": 6 * tgt, "example": 0}
+    got = flops.batch_flops(spec, {"input_ids": torch.zeros(1, 8, dtype=torch.long),
+                                   "attention_mask": torch.tensor([[1] * 6 + [0] * 2]),
+                                   "labels": torch.tensor([[5, 6, 7, -100]])})
+    s, t = 6, 3
+    assert float(got) == 6 * src * s + 6 * tgt * t + 12 * 16 * (1 * s * s + 1 * (t * t + t * s))
+
+
+def test_classifier_heads_count_once_per_example():
+    config = BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32, num_labels=3)
+    spec = flops.flop_spec(BertForSequenceClassification(config))
+    assert spec.linear["example"] == 6 * (16 * 16 + 16 * 3)  # pooler dense + classifier
+    assert spec.linear["src"] == 6 * (4 * 16 * 16 + 2 * 16 * 32)
+
+
+def test_token_counter_counts_padding_and_decoder_positions():
+    counter = TokenCounter(encoder_decoder=True)
+    counter.observe({"input_ids": torch.zeros(2, 4, dtype=torch.long),
+                     "attention_mask": torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]]),
+                     "labels": torch.tensor([[5, 6, -100], [7, -100, -100]])})
+    result = counter.result()
+    assert (result["tokens"], result["nonpad_tokens"], result["forwards"]) == (14, 8, 1)
+    assert result["padding_fraction"] == pytest.approx(6 / 14)
+    assert padding_fraction(0, 0) == 0.0
+
+
+def test_padding_free_rows_split_at_position_resets():
+    assert segment_lengths(torch.tensor([[0, 1, 2, 0, 1, 0, 1, 2, 3]])).tolist() == [3, 2, 4]
+    counter = TokenCounter(spec=flops.flop_spec(tiny_gpt2()))
+    counter.observe({"input_ids": torch.zeros(1, 9, dtype=torch.long),
+                     "position_ids": torch.tensor([[0, 1, 2, 0, 1, 0, 1, 2, 3]])})
+    assert counter.tally.nonpad_tokens == counter.tally.tokens == 9
+    # Attention is counted per packed sequence (3, 2 and 4 tokens), not over the whole row of 9.
+    assert counter.tally.model_flops == 6 * GPT2_MATMUL_WEIGHTS * 9 + 12 * 2 * 32 * (9 + 4 + 16)
+
+
+def test_hook_counts_training_forwards_only():
+    model = tiny_gpt2()
+    counter = TokenCounter()
+    counter.attach(model)
+    batch = {"input_ids": torch.ones(2, 5, dtype=torch.long), "attention_mask": torch.ones(2, 5, dtype=torch.long)}
+    model.train()
+    model(**batch)
+    model.eval()
+    with torch.no_grad():
+        model(**batch)
+    assert (counter.tally.forwards, counter.tally.tokens) == (1, 10)
+
+
+def _run(config: str, seconds: float, nonpad: int, tokens: int, loss: float) -> dict:
+    return {"config": config, "train_seconds": seconds, "tokens": tokens, "nonpad_tokens": nonpad,
+            "padding_fraction": 1 - nonpad / tokens, "model_flops": 2e9, "matmul_flops_per_s": 1e9,
+            "peak_rss_mb": 900.0, "final_loss": loss, "heldout_loss": loss, "process_wall_seconds": seconds + 5}
+
+
+def test_summary_ratios_and_targets():
+    family = dataclasses.replace(FAMILIES["classification"], steps=4)
+    runs = [_run("tuneforge", 10, 950, 1000, 2.00), _run("tuneforge", 12, 950, 1000, 2.00),
+            _run("trainer_defaults", 20, 600, 1000, 2.02), _run("trainer_speed", 12, 900, 1000, 2.01)]
+    summary = summarize(family, runs)
+    tf = summary["configs"]["tuneforge"]["mean"]
+    assert tf["nonpad_tokens_per_s"] == pytest.approx((95 + 950 / 12) / 2)
+    assert tf["mfu"] == pytest.approx((0.2 + 2 / 12) / 2)  # 2e9 FLOPs / seconds / 1e9 FLOP/s
+    ratios = summary["ratios"]
+    assert ratios["best_peer"] == "trainer_speed"
+    assert ratios["nonpad_tokens_per_s_vs_best_peer"] == pytest.approx(tf["nonpad_tokens_per_s"] / 75)
+    assert ratios["nonpad_tokens_per_s_vs_trainer_defaults"] == pytest.approx(tf["nonpad_tokens_per_s"] / 30)
+    found = targets({"families": {"classification": summary}})
+    checks = [(t["target"], round(t["value"], 4), t["met"]) for t in found]
+    tf_rate = tf["nonpad_tokens_per_s"]
+    assert checks == [
+        ("classification: non-padding tokens/s vs best peer (Trainer, tuned for speed)", round(tf_rate / 75, 4), True),
+        ("classification: non-padding tokens/s vs Trainer defaults", round(tf_rate / 30, 4), True),
+        ("classification: held-out loss, relative difference to Trainer defaults", round(0.02 / 2.02, 4), True),
+        ("classification: padding fraction (tuneforge)", 0.05, True),
+    ]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The loop's speed features
+
+
+def test_length_grouping_keeps_global_batches_and_cuts_padding():
+    lengths = np.random.default_rng(0).integers(4, 64, size=4000)
+    one = loop.StepBatches(lengths, 8, 1, 1, 0, seed=3, group_by_length=True)
+    split = [loop.StepBatches(lengths, 4, 1, 2, r, seed=3, group_by_length=True) for r in (0, 1)]
+    for step in (0, 7, 499):
+        assert sorted(sum(one.for_step(step), [])) == sorted(sum((s.for_step(step)[0] for s in split), []))
+    padded = sum(lengths[b].max() * len(b) for b in one.epoch_batches(0))
+    real = sum(lengths[b].sum() for b in one.epoch_batches(0))
+    assert 1 - real / padded < 0.05  # random batches of this spread pad about 45%
+    first = one.for_step(0)[0]
+    assert lengths[first].max() == lengths.max()  # the longest batch runs first
+
+
+def test_pad_multiple_only_on_gpus():
+    assert loop.pad_multiple(torch.device("cpu")) == 1
+    assert loop.pad_multiple(torch.device("cuda", 0)) == 8
+
+
+def test_tokenized_splits_are_cached_across_runs(tmp_path, monkeypatch):
+    from pipelines.recipe import build_recipe
+    from pipelines.scratch import train_tokenizer
+    from pipelines.tasks import get_task
+
+    monkeypatch.setenv("TUNEFORGE_CACHE", str(tmp_path / "cache"))
+    rows = datasets.Dataset.from_dict({"text": [f"doc {i} " + "word " * (i % 7) for i in range(40)]})
+    recipe = build_recipe({"task": "causal_lm", "model": {"base": "unused"},
+                           "data": {"source": "x.jsonl", "columns": {"text": "text"}, "packing": True,
+                                    "max_length": 8}})
+    tokenizer = train_tokenizer(rows["text"], build_recipe({
+        "task": "causal_lm", "model": {"scratch": {"architecture": "gpt2", "vocab_size": 300, "min_frequency": 1,
+                                                   "hidden_size": 32, "heads": 2}},
+        "data": {"source": "x.jsonl", "columns": {"text": "text"}}}).model.scratch)
+    task = get_task("causal_lm")
+    calls = []
+
+    def counting_tokenize(*args):
+        calls.append(1)
+        return task.tokenize(*args)
+
+    counted = dataclasses.replace(task, tokenize=counting_tokenize)
+    first = loop.tokenize_cached(counted, rows, tokenizer, recipe, "train")
+    again = loop.tokenize_cached(counted, rows, tokenizer, recipe, "train")
+    assert len(calls) == 1 and again["input_ids"] == first["input_ids"] == task.tokenize(
+        rows, tokenizer, recipe, "train")["input_ids"]
+    longer = recipe.model_copy(update={"data": recipe.data.model_copy(update={"max_length": 16})})
+    loop.tokenize_cached(counted, rows, tokenizer, longer, "train")  # another setting: another entry
+    loop.tokenize_cached(counted, rows.select(range(39)), tokenizer, recipe, "train")  # other rows: another entry
+    assert len(calls) == 3
+    assert len(list((tmp_path / "cache" / "tokenized").iterdir())) == 3
