@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import html
+import logging
 import re
 import threading
 from collections import OrderedDict
@@ -30,6 +31,8 @@ from demo.app import Handlers, run_dropdown, shown_in_ui
 from demo.models import LoadedModel, run_version
 from pipelines import introspect
 from pipelines.errors import TuneforgeError
+
+log = logging.getLogger(__name__)
 
 MAX_ATTENTION_TOKENS = 48  # per axis: more token labels than this no longer read on a heatmap
 MAX_TABLE_TOKENS = 1024  # rows of the token table (the count covers every token)
@@ -63,6 +66,7 @@ def render(fig: Figure) -> np.ndarray:
 
 
 def colour(i: int) -> str:
+    """The palette colour of token `i` (or of token id `i`: the same id is the same colour everywhere)."""
     return PALETTE[i % len(PALETTE)]
 
 
@@ -102,6 +106,7 @@ def token_table_html(text: str, tokens: list[introspect.Token], shown: list[str]
 
 
 def heatmap(ax, values: np.ndarray, title: str, cmap: str, vmin: float, vmax: float, xlabel: str, ylabel: str):
+    """A matrix [rows, columns] as an image with a colour bar."""
     image = ax.imshow(values, aspect="auto", cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
     ax.set_title(title, fontsize=10)
     ax.set_xlabel(xlabel, fontsize=9)
@@ -140,7 +145,7 @@ def attention_figure(weights: np.ndarray, queries: list[str], keys: list[str], t
     # Margins from the longest label (monospace 8 pt: about 0.07 inch a character) instead of a layout engine.
     left, bottom = 0.7 + 0.07 * max(map(len, queries), default=1), 0.7 + 0.07 * max(map(len, keys), default=1)
     width, height = left + 1.4 + 0.2 * tk, bottom + 0.6 + 0.2 * tq
-    fig = Figure(figsize=(width, height), dpi=72)
+    fig = Figure(figsize=(width, height), dpi=96)
     ax = fig.add_axes((left / width, bottom / height, (width - left - 0.2) / width, (height - bottom - 0.4) / height))
     values = np.ma.masked_where(np.triu(np.ones_like(weights, dtype=bool), k=1), weights) if causal else weights
     palette = colormaps["viridis"].with_extremes(bad="#d1d5db")  # masked (causal) cells
@@ -199,6 +204,7 @@ def shift_table(rows: list[tuple[str, list[int | None]]], tokenizer) -> str:
 
 
 def _ids(label_ids: list[int]) -> list[int | None]:
+    """Labels with -100 (no loss) as None, which `shift_table` shows as a dash."""
     return [None if i == -100 else i for i in label_ids]
 
 
@@ -214,11 +220,12 @@ class Inspector:
 
     def __init__(self, h: Handlers):
         self.h = h
+        self._lock = threading.Lock()  # guards the caches below
         self._test_rows: dict[tuple[str, int], Future] = {}  # (run key, version) -> its data's test split
-        self._rows_lock = threading.Lock()
-        # (model key, version, run/base) -> the positions view: drawing it takes about a second, and it only
+        # (run key, version, run/base) -> the positions view: drawing it takes about a second, and it only
         # changes when the run does. Bounded: a picture is ~1.5 MB.
-        self._positions: OrderedDict[tuple, tuple[np.ndarray, str]] = OrderedDict()
+        self._position_views: OrderedDict[tuple, tuple[np.ndarray, str]] = OrderedDict()
+        self._drawing: dict[tuple, threading.Lock] = {}  # one drawer per picture
 
     @contextlib.contextmanager
     def _model(self, run: str, which: str):
@@ -306,34 +313,40 @@ class Inspector:
     @shown_in_ui
     def positions(self, run: str, which: str) -> tuple[np.ndarray, str]:
         """Learned position embeddings beside the sinusoidal encoding of the same size, and their similarities."""
-        with self._model(run, which) as loaded:
-            key = (loaded.key, loaded.version, which)
-            with self._rows_lock:
-                if key in self._positions:
-                    self._positions.move_to_end(key)
-                    return self._positions[key]
-            learned = introspect.learned_positions(loaded.model)
-            d = loaded.model.get_input_embeddings().embedding_dim
-            p = learned.shape[0] if learned is not None else introspect.context_window(loaded.model) or 512
-            kind = introspect.family(loaded.model)
-        sinusoid = introspect.sinusoidal_positions(p, d)
-        learned_np = learned.numpy() if learned is not None else None
-        learned_sim = introspect.position_similarity(learned).numpy() if learned is not None else None
-        image = self._draw(positions_figure, learned_np, sinusoid.numpy(),
-                           learned_sim, introspect.position_similarity(sinusoid).numpy())  # fmt: skip
-        encoder_decoder = kind == introspect.ENCODER_DECODER
-        which_table = " (the encoder's table; BART's decoder has its own)" if encoder_decoder else ""
-        md = (f"{p} positions × {d} dimensions{which_table}. The model adds row *p* of its position table to the "
-              "embedding of the token at position *p*. Left: what training learned; right: the fixed sinusoids of "
-              "*Attention Is All You Need* (§3.5) for the same size, where nearby positions are similar and the "
-              "similarity falls off smoothly with distance.")  # fmt: skip
-        if learned is None:
-            md = "This model has no learned position table (it encodes positions another way, e.g. rotary). " + md
-        with self._rows_lock:
-            self._positions[key] = (image, md)
-            while len(self._positions) > POSITION_PICTURES:
-                self._positions.popitem(last=False)
-        return image, md
+        return self._positions(run, which)
+
+    def _positions(self, run: str, which: str) -> tuple[np.ndarray, str]:
+        key = (run, run_version(self.h.registry.run(run)), which)
+        with self._lock:
+            drawing = self._drawing.setdefault(key, threading.Lock())
+        with drawing:  # a request that comes while the picture is drawn ahead waits for it instead of redrawing
+            with self._lock:
+                if key in self._position_views:
+                    self._position_views.move_to_end(key)
+                    return self._position_views[key]
+            with self._model(run, which) as loaded:
+                learned = introspect.learned_positions(loaded.model)
+                d = loaded.model.get_input_embeddings().embedding_dim
+                p = learned.shape[0] if learned is not None else introspect.context_window(loaded.model) or 512
+                kind = introspect.family(loaded.model)
+            sinusoid = introspect.sinusoidal_positions(p, d)
+            learned_np = learned.numpy() if learned is not None else None
+            learned_sim = introspect.position_similarity(learned).numpy() if learned is not None else None
+            image = self._draw(positions_figure, learned_np, sinusoid.numpy(),
+                               learned_sim, introspect.position_similarity(sinusoid).numpy())  # fmt: skip
+            encoder_decoder = kind == introspect.ENCODER_DECODER
+            which_table = " (the encoder's table; BART's decoder has its own)" if encoder_decoder else ""
+            md = (f"{p} positions × {d} dimensions{which_table}. The model adds row *p* of its position table to the "
+                  "embedding of the token at position *p*. Left: what training learned; right: the fixed sinusoids "
+                  "of *Attention Is All You Need* (§3.5) for the same size, where nearby positions are similar and "
+                  "the similarity falls off smoothly with distance.")  # fmt: skip
+            if learned is None:
+                md = "This model has no learned position table (it encodes positions another way, e.g. rotary). " + md
+            with self._lock:
+                self._position_views[key] = (image, md)
+                while len(self._position_views) > POSITION_PICTURES:
+                    self._position_views.popitem(last=False)
+            return image, md
 
     # 4. attention
 
@@ -443,14 +456,13 @@ class Inspector:
         """The run's test split, loaded once per run version in a background thread (data loading takes seconds)."""
         from pipelines.data import load_data
 
-        run = self.h.registry.run(key)
-        cache_key = (key, run_version(run))
-        with self._rows_lock:
+        cache_key = (key, run_version(self.h.registry.run(key)))
+        recipe = self.h.model(key, "inspect").recipe  # (loads the model on first use: not under the cache lock)
+        with self._lock:
             future = self._test_rows.get(cache_key)
             if future is None or (future.done() and future.exception() is not None):
                 future = Future()
                 self._test_rows[cache_key] = future
-                recipe = self.h.model(key, "inspect").recipe
 
                 def load() -> None:
                     try:
@@ -487,7 +499,7 @@ class Inspector:
                        "spans, each span one red `<mask>` (the test split's fixed noise). The encoder reads the "
                        "corrupted piece; the decoder reads the original shifted right behind its start token and "
                        "predicts the label in each column — the same colours, one column to the left.")  # fmt: skip
-            elif recipe.data.packing or prompt is None:
+            elif recipe.data.packing:
                 found = introspect.pretraining_windows(tok, text, recipe.data.max_length)
                 parts = [shift_table([("input", w["input_ids"]), ("label (next token)", w["label_ids"])], tok)
                          for w in found[:MAX_WINDOWS]]
@@ -498,9 +510,10 @@ class Inspector:
                 found = [introspect.finetuning_example(tok, prompt, text, recipe.data.max_length)]
                 parts = [shift_table([("input", w["input_ids"]), ("label (next token)", _ids(w["label_ids"]))], tok)
                          for w in found]
-                how = ("Prompt → continuation finetuning: one example per row, `[BOS] prompt ↵ text EOS` up to "
-                       f"{recipe.data.max_length} tokens; the prompt's labels are −100 (no loss, shown as {NO_LOSS}), "
-                       "the continuation's are the next tokens: the label row is the input row moved one column left.")
+                how = ("Finetuning on one example per row, `[BOS] prompt ↵ text EOS` (no prompt: `[BOS] text EOS`) up "
+                       f"to {recipe.data.max_length} tokens; BOS and the prompt have label −100 (no loss, shown as "
+                       f"{NO_LOSS}), the text's labels are its next tokens: the label row is the input row moved one "
+                       "column left.")  # fmt: skip
         shown = min(len(found), MAX_WINDOWS)
         header = (f"Test row {row} of `{recipe.data.source}`: {len(text):,} characters → {len(found)} "
                   f"window(s), {shown} shown.")  # fmt: skip
@@ -510,7 +523,8 @@ class Inspector:
     # run changes
 
     def controls(self, run: str | None):
-        """Attention kinds and layer/head ranges of the selected run; starts loading its test data."""
+        """Attention kinds and layer/head ranges of the selected run; starts loading its test data and drawing its
+        positions view in the background (both take seconds on a loaded CPU and only change with the run)."""
         if not run:
             return gr.update(), gr.update(), gr.update()
         try:
@@ -524,8 +538,20 @@ class Inspector:
                  or getattr(config, "encoder_attention_heads", 1))  # fmt: skip
         if loaded.recipe.task in ("causal_lm", "denoising"):
             self._test_split(run)  # prefetch: the windows view is then instant
+        threading.Thread(target=self._draw_ahead, args=(run,), name=f"inspect-positions-{run}", daemon=True).start()
         return (gr.update(choices=kinds, value=kinds[0]), gr.update(maximum=max(layers - 1, 0), value=0),
                 gr.update(maximum=max(heads - 1, 0), value=0))  # fmt: skip
+
+
+    def _draw_ahead(self, run: str) -> None:
+        """Draw the positions view of the run (and of its base when that is the same loaded model, a LoRA run's) in
+        advance: a second of matplotlib work each that only changes with the run. Never loads a model."""
+        lora = hasattr(self.h.registry.finetuned(run).model, "disable_adapter")
+        for which in ("run", "base") if lora else ("run",):
+            try:
+                self._positions(run, which)
+            except Exception:  # the same error reaches the user when they ask for the view
+                log.debug("drawing the positions of %s (%s) ahead failed", run, which, exc_info=True)
 
 
 def passage(recipe, row: dict) -> tuple[str | None, str]:
@@ -558,7 +584,7 @@ def not_pretraining(loaded: LoadedModel) -> str:
 def inspect_tab(h: Handlers) -> gr.Dropdown:
     """Inspect tab (`/inspect_*`); returns its run list."""
     ins = Inspector(h)
-    with gr.Tab("Inspect", id="inspect"):
+    with gr.Tab("Inspect", id="inspect") as tab:
         gr.Markdown("See inside a run's model, or its base: how text becomes token ids, what the embeddings and "
                     "position tables hold, where attention goes, how logits become the next token, and what "
                     "pretraining reads. Each view has its own button; **Show all** runs every view.")  # fmt: skip
@@ -650,5 +676,9 @@ def inspect_tab(h: Handlers) -> gr.Dropdown:
     chain = show_all.click(views[0][0], views[0][1], views[0][2], api_visibility="private")
     for fn, inputs, outputs, _, _ in views[1:]:
         chain = chain.then(fn, inputs, outputs, api_visibility="private")
-    run.change(ins.controls, run, [kind, layer, head], api_visibility="private")
+    # Opening the tab (the first run is selected already: no change event) or picking another run. One at a time:
+    # both may load a model, and transformers' from_pretrained is not safe to run for two models at once.
+    for event in (tab.select, run.change):
+        event(ins.controls, run, [kind, layer, head], api_visibility="private", concurrency_limit=1,
+              concurrency_id="inspect-controls")  # fmt: skip
     return run

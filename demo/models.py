@@ -22,6 +22,10 @@ from pipelines.recipe import Recipe
 from pipelines.runs import RunInfo, list_runs, load_run_model
 from pipelines.tasks import Task
 
+# transformers 5 `from_pretrained` is not safe to run concurrently for different models (tied weights can be
+# left on the meta device: "Cannot copy out of meta tensor"), so loads are serialised process-wide.
+_FROM_PRETRAINED = threading.Lock()
+
 
 @dataclass
 class LoadedModel:
@@ -267,7 +271,8 @@ class Registry:
             raise
 
     def _load(self, run: RunInfo, version: int) -> LoadedModel:
-        recipe, task, model, tokenizer = load_run_model(run.path)
+        with _FROM_PRETRAINED:
+            recipe, task, model, tokenizer = load_run_model(run.path)
         model.to(self.device)
         return LoadedModel(run.path.name, version, recipe, task, model, tokenizer, model_bytes(model))
 
@@ -279,7 +284,8 @@ class Registry:
         kwargs = {}
         if tuned.recipe.task == "classification":
             kwargs["config"] = AutoConfig.from_pretrained(run.path / "model", trust_remote_code=False)
-        model = modeling.load_model(tuned.recipe.model.base, tuned.task.auto_model, **kwargs)
+        with _FROM_PRETRAINED:
+            model = modeling.load_model(tuned.recipe.model.base, tuned.task.auto_model, **kwargs)
         model.to(self.device).eval()
         return LoadedModel(
             f"{tuned.key}#base", tuned.version, tuned.recipe, tuned.task, model, tuned.tokenizer, model_bytes(model)

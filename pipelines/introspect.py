@@ -508,16 +508,19 @@ def pretraining_windows(tokenizer, text: str, window: int, eos_id: int | None = 
     return out
 
 
-def finetuning_example(tokenizer, prompt: str, text: str, max_length: int) -> dict:
+def finetuning_example(tokenizer, prompt: str | None, text: str, max_length: int) -> dict:
     """A prompt -> continuation training example (`pipelines.tasks.causal_lm.prompt_example`), shifted.
 
+    As `pipelines.tasks.causal_lm.tokenize` builds it: `[BOS] prompt "\\n" text EOS`, or `[BOS] text EOS` for a
+    recipe without a prompt column (`prompt` None).
+
     Returns:
-        {"input_ids", "input_tokens", "label_ids", "label_tokens"}: inputs are positions 0..n-2, labels
-        positions 1..n; a label of -100 (the prompt, no loss) has the token string None.
+        {"input_ids", "input_tokens", "label_ids", "label_tokens"}: inputs are positions 0..n-2 of the example,
+        labels positions 1..n-1; a label of -100 (BOS and the prompt: no loss) has the token string None.
     """
     from pipelines.tasks.causal_lm import IGNORE, prompt_example
 
-    prompt_ids = tokenizer(prompt + "\n", add_special_tokens=False)["input_ids"]
+    prompt_ids = tokenizer(prompt + "\n", add_special_tokens=False)["input_ids"] if prompt is not None else []
     text_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     ids, labels = prompt_example(prompt_ids, text_ids, tokenizer.bos_token_id, tokenizer.eos_token_id, max_length)
     shown = [None if t == IGNORE else tokenizer.convert_ids_to_tokens(t) for t in labels[1:]]

@@ -345,7 +345,7 @@ def test_inspect_views_of_a_gpt_run_and_its_base(client, runs_root):
     expected = introspect.pretraining_windows(tok, text, tiny_recipe.data.max_length)
     assert f"→ {len(expected)} window(s)" in note and windows.count("<h4>window") == min(len(expected), 3)
     windows, note = client.predict("gpt-lora", "run", 0, api_name="/inspect_windows")
-    assert "Prompt → continuation" in note and "—" in windows  # the prompt's labels are -100
+    assert "Finetuning on one example per row" in note and "—" in windows  # the prompt's labels are -100
     assert recipe.data.max_length == 64
     with pytest.raises(AppError, match="trained from scratch"):
         client.predict("gpt-tiny", "base", PROMPT, api_name="/inspect_tokens")

@@ -221,6 +221,7 @@ def test_inspect_tab_shows_a_token_table_and_heatmaps(page, client):
     rows = len(re.findall(r"<tr><td>\d+</td>", table))
     open_tab(page, "Inspect")
     pick_run(page, "inspect", "gpt-lora")
+    expect(page.locator("#inspect-layer input[type=range]")).to_have_attribute("max", "1")  # the run's 2 layers
     page.locator("#inspect-text textarea").fill(text)
     page.locator("#inspect-tokens-go").click()
     expect(page.locator("#inspect-token-table tbody tr")).to_have_count(rows)

@@ -225,6 +225,8 @@ def test_finetuning_example_masks_the_prompt_and_shifts(gpt):
     assert ex["label_ids"] == [-100] * len(prompt) + text + [tok.eos_token_id]  # shifted; the real EOS keeps its label
     assert ex["label_tokens"][: len(prompt)] == [None] * len(prompt)
     assert ex["input_ids"][len(prompt) + 1 :] == ex["label_ids"][len(prompt) : -1]  # position t predicts t + 1
+    plain = introspect.finetuning_example(tok, None, "cmd3 lists files.", max_length=64)  # no prompt column
+    assert plain["input_ids"] == [tok.bos_token_id, *text] and plain["label_ids"] == [*text, tok.eos_token_id]
 
 
 @pytest.fixture(scope="module")
