@@ -395,7 +395,7 @@ def test_rows_are_sorted_by_split_key(tmp_path):
 def test_unknown_source_did_you_mean():
     with pytest.raises(TuneforgeError, match=r"'manpage'.*did you mean 'manpages'"):
         load_source("manpage")
-    with pytest.raises(TuneforgeError, match="built-in sources: manpages, gettext, debian-packages"):
+    with pytest.raises(TuneforgeError, match="built-in sources: manpages, manpages-chat, gettext, debian-packages"):
         source_stats("wikipedia")
 
 
