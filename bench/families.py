@@ -1,10 +1,10 @@
 """The benchmark's three task families: model, data, sequence length, batch and steps, identical for every config.
 
-* causal_lm: pretraining a tiny GPT-2 (4 layers, d=256, 8k BPE vocabulary, 256-token context; the shape of
-  recipes/gpt/pretrain-tiny.yaml) on packed 256-token windows of man-page DESCRIPTION text. Full training.
-* seq2seq: training a tiny BART (3+3 layers, d=256, 8k BPE; the shape of recipes/bart/pretrain-tiny.yaml) on
-  English -> German gettext messages, sources and targets up to 64 tokens. Full training. The messages range
-  from one word to long sentences, so how batches are padded matters.
+* causal_lm: pretraining the tiny GPT-2 of recipes/gpt/pretrain-tiny.yaml (its `model.scratch` section: size,
+  BPE vocabulary, 256-token context) on packed 256-token windows of man-page DESCRIPTION text. Full training.
+* seq2seq: training the tiny BART of recipes/bart/pretrain-tiny.yaml from scratch on English -> German gettext
+  messages, sources and targets up to 64 tokens. Full training. The messages range from one word to long
+  sentences, so how batches are padded matters.
 * classification: LoRA (r=16 on every linear layer, head in full) on the pretrained MiniLM-L6 for Debian
   package name + synopsis -> archive section (the 20 most frequent, the rest as "other"), up to 64 tokens.
 
@@ -22,10 +22,9 @@ from pathlib import Path
 
 from pipelines.recipe import Recipe, build_recipe
 
-GPT = {"architecture": "gpt2", "vocab_size": 8192, "context_length": 256, "hidden_size": 256, "layers": 4,
-       "heads": 4}
-BART = {"architecture": "bart", "vocab_size": 8192, "context_length": 256, "hidden_size": 256, "layers": 3,
-        "heads": 4}
+ROOT = Path(__file__).resolve().parent.parent
+# The scratch models' shapes come from the shipped pretraining recipes, so the benchmark follows them.
+SHAPES = {kind: ROOT / "recipes" / kind / "pretrain-tiny.yaml" for kind in ("gpt", "bart")}
 TOKENIZER_TEXTS = 20_000  # BPE training texts for the bases (the recipes use up to 200k; merges barely change)
 
 
@@ -67,8 +66,8 @@ FAMILIES = {
         name="causal_lm",
         title="Causal LM: tiny GPT-2 pretraining on packed man-page text",
         configs=("tuneforge", "trainer_defaults", "trainer_speed", "sft_packing"),
-        steps=24,
-        batch=8,
+        steps=16,
+        batch=16,
         learning_rate=1e-3,
         data={"source": "manpages", "columns": {"text": "description"}, "packing": True, "max_length": 256,
               "train_limit": 2000},
@@ -78,8 +77,8 @@ FAMILIES = {
         name="seq2seq",
         title="Seq2seq: tiny BART, English -> German gettext messages",
         configs=("tuneforge", "trainer_defaults", "trainer_speed"),
-        steps=40,
-        batch=32,
+        steps=80,
+        batch=16,
         learning_rate=1e-3,
         data={"source": "gettext", "params": {"lang": "de"}, "columns": {"source": "en", "target": "de"},
               "max_length": 64, "target_max_length": 64},
@@ -154,9 +153,10 @@ def ensure_base(kind: str, work: Path) -> Path:
     import hashlib
 
     from pipelines import scratch
+    from pipelines.recipe import ScratchConfig, load_recipe
 
     out = work / "bases" / kind
-    spec = GPT if kind == "gpt" else BART
+    spec = load_recipe(SHAPES[kind]).model.scratch.model_dump(exclude={"tokenizer_max_texts"})
     # Rebuilt when the shape or tuneforge's scratch code (tokenizer training, config) changes.
     identity = {**spec, "texts": TOKENIZER_TEXTS,
                 "scratch": hashlib.sha256(Path(scratch.__file__).read_bytes()).hexdigest()[:16]}
@@ -166,7 +166,6 @@ def ensure_base(kind: str, work: Path) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
-    from pipelines.recipe import ScratchConfig
     from pipelines.sources import load_source
 
     if kind == "gpt":

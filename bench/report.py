@@ -198,11 +198,12 @@ optimizer settings in every configuration (AdamW, constant learning rate, no war
 clipping at 1.0, seed 0, fp32, one process using both cores):
 
 - **causal_lm**: pretraining a tiny GPT-2 (4 layers, d=256, 8k byte-level BPE, 256-token context; the shape of
-  `recipes/gpt/pretrain-tiny.yaml`) from the same random initialisation on 256-token windows of the host's man-page
-  DESCRIPTION text (a fixed 2000-page sample of the training split).
+  `recipes/gpt/pretrain-tiny.yaml`, 16 windows per batch as there) from the same random initialisation on
+  256-token windows of the host's man-page DESCRIPTION text (a fixed 2000-page sample of the training split).
 - **seq2seq**: training a tiny BART (3+3 layers, d=256, 8k BPE; the shape of `recipes/bart/pretrain-tiny.yaml`)
-  from the same random initialisation on English -> German gettext messages (sources and targets up to 64 tokens;
-  one epoch over a fixed sample of exactly steps x batch pairs, so every configuration sees the same pairs).
+  from the same random initialisation on English -> German gettext messages (sources and targets up to 64 tokens,
+  batches of 16 pairs as in `recipes/bart/lora-translate-en-de.yaml`; one epoch over a fixed sample of exactly
+  steps x batch pairs, so every configuration trains on the same pairs).
 - **classification**: LoRA (r=16, alpha=32, dropout 0.05 on every linear layer, head trained in full; as in
   `recipes/classifier/minilm-lora-sections.yaml`) on the pretrained MiniLM-L6, Debian package name + synopsis ->
   archive section (20 most frequent, the rest as "other"), up to 64 tokens, one epoch over steps x batch rows.
@@ -215,11 +216,11 @@ Configurations:
   `DataCollatorForLanguageModeling`; seq2seq: `DataCollatorForSeq2Seq`; classification: `DataCollatorWithPadding`,
   padding to the longest row of a random batch).
 - **Trainer, tuned for speed**: the same plus what its performance guides recommend and what applies to this
-  hardware: `train_sampling_strategy="group_by_length"` with a precomputed `length` column, fused AdamW (already the
-  default in transformers 5), `pad_to_multiple_of=8` in the collator (the guides recommend it for Tensor Cores; it
-  is kept here as documented). Not used: bf16 and fp16 (would change the numerics every other row keeps in fp32),
-  `torch_compile` (minutes of compilation on 2 cores, more than any run here), dataloader workers (the 2 cores are
-  busy computing; collation is a small fraction of a step).
+  hardware: `train_sampling_strategy="group_by_length"` (`LengthGroupedSampler`, mega-batches of 50), fused AdamW
+  (already the default in transformers 5), `pad_to_multiple_of=8` in the collator (the guides recommend it for
+  Tensor Cores; it is kept here as documented). Not used: bf16 and fp16 (would change the numerics every other
+  row keeps in fp32), `torch_compile` (minutes of compilation on 2 cores, more than any run here), dataloader
+  workers (the 2 cores are busy computing; collation is a small fraction of a step).
 - **TRL SFTTrainer, packing** (causal LM only): `SFTConfig(packing=True, max_length=256)`: TRL's default
   best-fit-decreasing packing, which turns on padding-free batches (one row per step with `position_ids`; no
   padding is computed). Gradient checkpointing, on by default in TRL, is turned off (it trades speed for memory),
@@ -241,6 +242,21 @@ target token), the check that faster training trained the same."""
 
 NOTES = """\
 ## Notes
+
+What tuneforge does for speed (all in the shared loop and the task modules, nothing bench-specific):
+
+- causal LM pretraining trains on packed windows (`data.packing`), so no step computes padding;
+- length-grouped batches (`pipelines.loop.StepBatches`): mega-batches of 50 global batches sorted by length, as
+  transformers' `LengthGroupedSampler`, then whole steps shuffled (no length trend through an epoch; the longest
+  step first); seq2seq sorts by the longer of source and target, since both sides pad;
+- training batches are padded to a multiple of 8 only on CUDA (see below);
+- fused AdamW (one kernel per parameter; also `Trainer`'s default since transformers 5);
+- no KV cache while training (`config.use_cache` off in the loop, restored for saving and generation);
+- the causal LM loss shifts the labels instead of slicing the logits (no copy of the `[B, T, vocab]` tensor);
+- tokenized splits are cached on disk and reused by later runs (`pipelines.loop.tokenize_cached`);
+- token and FLOP counts are taken from the host copy of each batch: no step waits on the device for a number;
+- scratch GPT-2 models use GPT-2's tanh GELU as PyTorch's fused kernel (`gelu_pytorch_tanh`); the benchmark's
+  GPT-2 base is built by `pipelines.scratch`, so every configuration here gets that.
 
 - Padding to a multiple of 8 is for Tensor Cores (transformers' `pad_to_multiple_of` documentation). tuneforge
   pads training batches to 8 on CUDA only (`pipelines.loop.pad_multiple`); on a CPU it is pure extra work (about

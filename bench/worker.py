@@ -6,7 +6,7 @@ Configs:
                       batch, learning rate and its constant schedule, logging interval) and the collator the
                       transformers task guides use (pad to the longest row of the batch).
     trainer_speed     `Trainer` configured as its performance guides recommend for this hardware: length-grouped
-                      batches (`train_sampling_strategy="group_by_length"` with a precomputed `length` column),
+                      batches (`train_sampling_strategy="group_by_length"`),
                       padding to a multiple of 8, fused AdamW (already the default), packed windows for causal LM.
     sft_packing       TRL `SFTTrainer` with `packing=True` (its default best-fit-decreasing packing, padding-free).
 
@@ -187,8 +187,6 @@ def run_trainer(family: Family, work: Path, name: str, speed: bool) -> dict:
 
         train = rows.map(encode, batched=True, remove_columns=rows.column_names)
         collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=multiple)
-    if speed:
-        train = train.map(lambda b: {"length": [len(x) for x in b["input_ids"]]}, batched=True)
     counter = TokenCounter()
     counter.attach(model)
     timer = TrainTimer()

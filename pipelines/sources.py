@@ -13,6 +13,8 @@ Decisions worth knowing:
       are skipped (they repeat another page). `name` and `section` come from the file name (`ls.1.gz`), the
       NAME line and DESCRIPTION text from a small roff (man and mdoc) to plain-text converter that honours
       `.nf`/`.fi` (example blocks keep their lines) and turns `.TP`/`.IP` tags into their own lines.
+    - manpages-chat: the same pages as two-exchange conversations (`messages`, see `manpage_conversation`), each
+      in its page's split.
     - gettext: plural entries give two pairs, msgid -> msgstr[0] and msgid_plural -> msgstr[1]; that is the
       singular/plural pairing for German-like languages and only approximate for languages with other plural
       rules (e.g. Polish msgstr[1] is the 2-4 form). Languages with a single plural form give only the first.
@@ -130,7 +132,7 @@ def load_source(name: str, *, lang: str = "de", root: str | Path | None = None) 
     """Load a built-in corpus from the host (or from the cache of an earlier load).
 
     Args:
-        name: one of `SOURCES` ("manpages", "gettext", "debian-packages").
+        name: one of `SOURCES` ("manpages", "manpages-chat", "gettext", "debian-packages").
         lang: target language for "gettext" (the exact directory name under /usr/share/locale, e.g. "de";
             "de" never includes "de_AT"); ignored by the other sources.
         root: overrides the host location: the man tree (/usr/share/man), the locale tree (/usr/share/locale)

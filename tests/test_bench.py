@@ -46,6 +46,34 @@ def test_full_training_flops_are_6n_plus_attention():
     assert float(got) == 6 * GPT2_MATMUL_WEIGHTS * 24 + 12 * 2 * 32 * (16 * 16 + 8 * 8)
 
 
+@pytest.mark.parametrize("arch", ["gpt2", "bart", "bert"])
+def test_formula_equals_torch_flop_counter_on_a_training_step(arch):
+    # torch's FlopCounterMode counts every matmul of the real forward + backward (eager attention: its bmm's).
+    from torch.utils.flop_counter import FlopCounterMode
+
+    torch.manual_seed(0)
+    small = {"vocab_size": 300, "max_position_embeddings": 64}
+    if arch == "gpt2":
+        model = GPT2LMHeadModel(GPT2Config(vocab_size=300, n_positions=64, n_embd=32, n_layer=2, n_head=2))
+    elif arch == "bart":
+        model = BartForConditionalGeneration(BartConfig(
+            d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2, decoder_attention_heads=2,
+            encoder_ffn_dim=64, decoder_ffn_dim=64, **small))
+    else:
+        model = BertForSequenceClassification(BertConfig(
+            hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, num_labels=5, **small))
+    model.config._attn_implementation = "eager"
+    model.config.use_cache = False
+    model.train()
+    ids = torch.randint(4, 300, (3, 20))
+    labels = {"gpt2": ids, "bart": torch.randint(4, 300, (3, 12)), "bert": torch.tensor([0, 1, 2])}[arch]
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model(input_ids=ids, labels=labels).loss.backward()
+    tgt = torch.full((3,), 12) if arch == "bart" else None
+    assert float(flops.training_flops(flops.flop_spec(model), torch.full((3,), 20), tgt)) == counter.get_total_flops()
+
+
 def test_lora_flops_count_frozen_weights_4n_and_adapters_6n():
     from peft import LoraConfig, get_peft_model
 

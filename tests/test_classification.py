@@ -94,7 +94,8 @@ def raw_recipe(base: Path, data: Path, out: Path, name: str, method: str = "lora
         "output": {"dir": str(out), "name": name},
     }
     if method == "lora":
-        recipe["lora"] = {"r": 4, "alpha": 8, "dropout": 0.0}
+        # As the MiniLM recipe: the pooler is trained in full too (and must be saved with the adapter).
+        recipe["lora"] = {"r": 4, "alpha": 8, "dropout": 0.0, "modules_to_save": ["classifier", "pooler"]}
     elif method == "head":
         recipe["train"]["trainable"] = "head"
     return recipe
@@ -209,10 +210,13 @@ def test_lora_run_saves_head_label_maps_and_reloads_exactly(lora_run):
     metrics = runs.read_metrics(lora_run)
     assert metrics["status"] == "finished" and metrics["method"] == "lora" and metrics["primary_metric"] == "macro_f1"
     assert metrics["scores"]["accuracy"] > 0.9 > metrics["base_scores"]["accuracy"]  # it learned the verbs
-    # The head is trained in full and stored in the adapter file.
+    # The head (pooler + classifier) is trained in full and stored in the adapter file.
     with safe_open(lora_run / "model" / "adapter_model.safetensors", "pt") as f:
-        heads = {k: f.get_tensor(k).shape for k in f.keys() if ".classifier." in k}
-    assert heads == {"base_model.model.classifier.weight": (4, 32), "base_model.model.classifier.bias": (4,)}
+        heads = {k: f.get_tensor(k).shape for k in f.keys() if "lora_" not in k}
+    assert heads == {
+        "base_model.model.classifier.weight": (4, 32), "base_model.model.classifier.bias": (4,),
+        "base_model.model.bert.pooler.dense.weight": (32, 32), "base_model.model.bert.pooler.dense.bias": (32,),
+    }
     # Label maps round trip through the saved config: ids by training frequency.
     config = json.loads((lora_run / "model" / "config.json").read_text())
     assert config["id2label"] == {str(i): v for i, v in enumerate(VERBS)}
