@@ -169,7 +169,8 @@ def check_recipe(recipe: Recipe) -> Report:
                 report.errors.append(
                     f"lora.target_modules: {missing} not in {type(model).__name__}; its linear layers: {available}"
                 )
-        positions = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
+        config = model.config
+        positions = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
         if positions and recipe.data.max_length > positions:
             report.errors.append(
                 f"data.max_length: {recipe.data.max_length} exceeds the model's {positions} positions; "

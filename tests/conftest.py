@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import os
 import random
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +19,7 @@ os.environ.setdefault("HF_EVALUATE_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
+ROOT = Path(__file__).resolve().parents[1]
 WORDS = "the a cat dog sat ran on under mat tree big small red blue quickly slowly and".split()
 
 
@@ -77,3 +81,20 @@ def pretrained(tmp_path_factory, corpus) -> Path:
     recipe = build_recipe(tiny_gpt_raw(corpus, out, "gpt-tiny"))
     loop.train(recipe, out / "gpt-tiny")
     return out / "gpt-tiny"
+
+
+def torchrun(raw: dict, tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
+    """`ACCELERATE_USE_CPU=true torchrun --nproc_per_node 2 -m pipelines.train RECIPE` (gloo), as the README says."""
+    import yaml
+
+    path = tmp_path / f"{raw['output']['name']}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+           "-m", "pipelines.train", str(path), *overrides]
+    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result

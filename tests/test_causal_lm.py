@@ -46,7 +46,7 @@ def test_loss_is_shifted_sum_over_targets():
     from pipelines.tasks.causal_lm import loss
 
     class Model(torch.nn.Module):
-        def forward(self, input_ids, attention_mask):
+        def forward(self, input_ids, attention_mask, **kwargs):
             logits = torch.zeros(*input_ids.shape, 4)
             logits[..., 3] = 10.0  # always predicts token 3
             return type("Out", (), {"logits": logits})

@@ -346,3 +346,24 @@ def test_baseline_folder_shares_the_runs_test_split(lora_run, tiny_bert, data_fi
     # Not a classification recipe: a clear error, exit 2.
     recipe_path.write_text(json.dumps({**json.loads(recipe_path.read_text()), "task": "causal_lm"}))
     assert cli(["baseline", str(recipe_path), "--overwrite"]) == 2
+
+
+def test_two_processes_equal_one(tiny_bert, data_file, tmp_path):
+    """LoRA classification under `torchrun --nproc_per_node 2` (gloo) equals one process accumulating 2 x 8: same
+    loss curve, scores and predictions (probabilities gathered across processes, no duplicates)."""
+    from conftest import torchrun
+
+    one = raw_recipe(tiny_bert, data_file, tmp_path, "one")
+    one["train"].update(max_steps=12, micro_batch_size=8, gradient_accumulation_steps=2, log_every=3)
+    two = raw_recipe(tiny_bert, data_file, tmp_path, "two")
+    two["train"].update(max_steps=12, micro_batch_size=8, log_every=3)
+    loop.train(build_recipe(one), tmp_path / "one")
+    torchrun(two, tmp_path)
+    m1, m2 = (json.loads((tmp_path / r / "metrics.json").read_text()) for r in ("one", "two"))
+    assert (m1["train"]["processes"], m2["train"]["processes"]) == (1, 2)
+    losses = [[r["loss"] for r in runs.read_log(tmp_path / r) if "loss" in r] for r in ("one", "two")]
+    assert losses[1] == pytest.approx(losses[0], rel=1e-4)
+    for key in ("accuracy", "macro_f1", "weighted_f1"):
+        assert m2["scores"][key] == pytest.approx(m1["scores"][key], abs=1e-9), key
+    p1, p2 = read_predictions(tmp_path / "one"), read_predictions(tmp_path / "two")
+    assert len(p2) == m2["dataset"]["num_examples"] and [p["prediction"] for p in p1] == [p["prediction"] for p in p2]

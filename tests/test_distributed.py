@@ -7,41 +7,16 @@ the same examples at every step and weight every token equally, so everything ma
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-import yaml
-from conftest import tiny_gpt_raw, tiny_lora_raw
+from conftest import tiny_gpt_raw, tiny_lora_raw, torchrun
 from safetensors.torch import load_file
 
 from pipelines import loop
 from pipelines.recipe import build_recipe
 from pipelines.runs import read_log
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def torchrun(raw: dict, tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
-    """`ACCELERATE_USE_CPU=true torchrun --nproc_per_node 2 -m pipelines.train RECIPE`, as the README documents."""
-    path = tmp_path / f"{raw['output']['name']}.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-           "-m", "pipelines.train", str(path), *overrides]
-    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
 
 
 def losses(run_dir: Path) -> list[float]:

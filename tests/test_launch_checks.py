@@ -13,7 +13,8 @@ from pipelines.validate import check_launch, load_launch_config, validate_many
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "recipes" / "accelerate").glob("*.yaml")) + [ROOT / "accelerate_config.yaml"]
 RECIPES = sorted(p for p in (ROOT / "recipes").rglob("*.yaml") if "accelerate" not in p.parts)
-LORA = {"task": "causal_lm", "model": {"base": "gpt2"}, "lora": {}, "data": {"source": "x.jsonl", "columns": {"text": "t"}}}
+LORA = {"task": "causal_lm", "model": {"base": "gpt2"}, "lora": {},
+        "data": {"source": "x.jsonl", "columns": {"text": "t"}}}
 SEQ2SEQ = {"task": "seq2seq", "model": {"base": "facebook/bart-base"}, "lora": {},
            "data": {"source": "x.jsonl", "columns": {"source": "s", "target": "t"}}}
 

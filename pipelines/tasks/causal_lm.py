@@ -124,7 +124,8 @@ def loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Ten
     Returns:
         (nll [B] float32, count [B] int64)
     """
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    # use_cache=False: training and scoring never reuse past keys/values, so building the cache is wasted work.
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
     # Shift the labels, not the logits: slicing logits[:, :-1] would copy the step's largest tensor ([B, T, vocab])
     # forward and backward. The last position predicts nothing (-100), as in transformers' ForCausalLMLoss.
     targets = F.pad(batch["labels"][:, 1:], (0, 1), value=IGNORE)
