@@ -199,10 +199,15 @@ def model_card(recipe: Recipe, metrics: dict, launch: str) -> str:
         if isinstance(value, (int, float)):
             base = base_scores.get(key)
             lines.append(f"| {key} | {value:.4g} | {'' if base is None else f'{base:.4g}'} |")
-    load = (
-        "from peft import AutoPeftModel\nmodel = AutoPeftModel.from_pretrained('model')"
-        if recipe.lora
-        else "from transformers import AutoModel\nmodel = AutoModel.from_pretrained('model')"
-    )
+    if recipe.lora and recipe.task == "classification":  # the head's size and labels live in model/config.json
+        load = ("# BASE: base_model_name_or_path in model/adapter_config.json\n"
+                "from peft import PeftModel\nfrom transformers import AutoConfig, AutoModelForSequenceClassification\n"
+                "base = AutoModelForSequenceClassification.from_pretrained(BASE, config=AutoConfig.from_pretrained("
+                "'model'))\nmodel = PeftModel.from_pretrained(base, 'model')")
+    elif recipe.lora:
+        load = "from peft import AutoPeftModel\nmodel = AutoPeftModel.from_pretrained('model')"
+    else:
+        load = "from transformers import AutoModel\nmodel = AutoModel.from_pretrained('model')"
+    load += "\n# or, with tuneforge: pipelines.runs.load_run_model(RUN_DIR)"
     lines += ["", "Load it:", "", "```python", load, "```", ""]
     return "\n".join(lines)
