@@ -450,8 +450,8 @@ def loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Ten
     if "position_ids" not in batch:
         return causal_lm.loss(model, batch)
 
-    def packed_forward(input_ids: torch.Tensor, attention_mask: torch.Tensor):
-        return model(input_ids=input_ids, position_ids=batch["position_ids"], use_cache=False)
+    def packed_forward(input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs):
+        return model(input_ids=input_ids, position_ids=batch["position_ids"], **kwargs)
 
     return causal_lm.loss(packed_forward, batch)
 
