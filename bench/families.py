@@ -43,6 +43,7 @@ class Family:
         base: "gpt", "bart" (built by `ensure_base`) or a `model.base` value.
         one_epoch: the training sample is exactly `steps * batch` rows, so every config trains on every row once
             and the comparison does not depend on which part of an epoch a sampler serves first.
+        seed: data order and initialisation seed of every configuration.
     """
 
     name: str
@@ -55,6 +56,7 @@ class Family:
     base: str
     lora: dict | None = None
     one_epoch: bool = False
+    seed: int = 0
 
     @property
     def max_length(self) -> int:
@@ -131,7 +133,7 @@ def tuneforge_recipe(family: Family, work: Path, name: str) -> Recipe:
         "data": data,
         "train": {"max_steps": family.steps, "micro_batch_size": family.batch, "learning_rate": family.learning_rate,
                   "lr_schedule": "constant", "warmup_steps": 0, "weight_decay": 0.0, "max_grad_norm": 1.0,
-                  "log_every": log_every(family), "seed": 0},
+                  "log_every": log_every(family), "seed": family.seed},
         "eval": {"batch_size": 32, "score_base": False, "generate": False},
         "output": {"dir": str(work / "runs"), "name": name},
     }

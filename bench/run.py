@@ -5,7 +5,9 @@
 
 Protocol: for each family, every configuration runs in its own fresh process (so peak resident memory is that
 configuration's alone, read from the finished process's rusage), in the order A B C D, then D C B A (a palindrome
-cancels a linear drift of the machine's speed), and each row reports the mean of its repeats. The seq2seq model
+cancels a linear drift of the machine's speed), and each row reports the mean of its repeats. Repeat r shuffles
+the data with seed r (the same base weights), so the spread of the losses over repeats measures how much the
+data order alone moves them: the noise a loss difference between configurations is judged against. The seq2seq model
 that tuneforge trained is then used for the evaluation-speed measurement. Results go to `<work>/results.json` and,
 with `--report`, to a markdown file with the JSON attached.
 """
@@ -100,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             out.unlink(missing_ok=True)
             wall, rss, code = run_worker(
                 [family.name, config, "--work", str(work), "--out", str(out), "--name", name, "--scale",
-                 str(args.scale)], work / "logs" / f"{name}.log")
+                 str(args.scale), "--seed", str(rep)], work / "logs" / f"{name}.log")
             run = json.loads(out.read_text()) if code == 0 and out.is_file() else {"error": f"exit {code}"}
             run.update(config=config, rep=rep, process_wall_seconds=wall, peak_rss_mb=rss,
                        load_average=os.getloadavg())

@@ -17,6 +17,7 @@ read by the parent from the finished process's rusage.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import time
@@ -133,7 +134,7 @@ def training_args(family: Family, work: Path, name: str, **speed):
         learning_rate=family.learning_rate,
         lr_scheduler_type="constant",
         logging_steps=log_every(family),
-        seed=0,
+        seed=family.seed,
         **speed,
     )
 
@@ -212,8 +213,8 @@ def run_sft(family: Family, work: Path, name: str) -> dict:
     timer = TrainTimer()
     args = SFTConfig(
         output_dir=str(work / "peer-out" / name), max_steps=family.steps, per_device_train_batch_size=family.batch,
-        learning_rate=family.learning_rate, lr_scheduler_type="constant", logging_steps=log_every(family), seed=0,
-        packing=True, max_length=family.max_length,
+        learning_rate=family.learning_rate, lr_scheduler_type="constant", logging_steps=log_every(family),
+        seed=family.seed, packing=True, max_length=family.max_length,
         bf16=False,  # TRL defaults to bf16, which needs a GPU (or use_cpu); every config here runs fp32
         gradient_checkpointing=False,  # TRL's default trades speed for memory; off is its fast setting
     )
@@ -298,8 +299,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--name", default=None)
     parser.add_argument("--scale", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=0, help="data order seed (the base weights stay the same)")
     args = parser.parse_args(argv)
-    family = scaled(FAMILIES[args.family], args.scale)
+    family = dataclasses.replace(scaled(FAMILIES[args.family], args.scale), seed=args.seed)
     name = args.name or f"{args.family}-{args.config}"
     torch.manual_seed(0)
     if args.config == "evalspeed":

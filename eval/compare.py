@@ -367,6 +367,14 @@ def _throughput(row: Row, table: Table) -> str:
     return _MISSING
 
 
+def _percent(fraction: float) -> str:
+    """A share as a percentage, two significant digits below 10%: 1 -> '100%', 0.088 -> '8.8%', 0.00034 -> '0.034%'."""
+    percent = 100 * fraction
+    if percent >= 10:
+        return f"{percent:.0f}%"
+    return f"{percent:.2g}%" if percent >= 0.001 else f"{percent:.1e}%"
+
+
 def _display_rows(table: Table) -> tuple[list[str], list[list[str]]]:
     """Header and formatted cells shared by the markdown and HTML renderers."""
     unit = "examples/s" if table.throughput_key == "examples_per_s" else "tokens/s"
@@ -376,7 +384,7 @@ def _display_rows(table: Table) -> tuple[list[str], list[list[str]]]:
     for row in table.rows:
         trainable = _human(row.trainable_params)
         if row.trainable_params is not None and row.total_params:
-            trainable += f" ({100 * row.trainable_params / row.total_params:.2g}%)"
+            trainable += f" ({_percent(row.trainable_params / row.total_params)})"
         cells.append(
             [row.label, row.method]
             + [_fmt(row.scores.get(name)) for name in table.metrics]

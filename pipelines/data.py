@@ -154,19 +154,20 @@ def dataset_info(name: str, split: str, ds: datasets.Dataset) -> dict:
     return {"name": name, "split": split, "num_examples": len(ds), "fingerprint": fingerprint(ds)}
 
 
-def dataset_name(data: DataConfig) -> str:
+def dataset_name(data: DataConfig, task: str) -> str:
     """A readable name of what is scored: source, parameters, mixed-in sources and the column view.
 
     The view (which columns play which role, packed windows or not) is part of the name because the same rows
     scored another way give incomparable numbers (perplexity of packed windows vs of continuations only), and
-    comparison tables group runs by this name. E.g. `gettext(lang=de)[source=en, target=de]`.
+    comparison tables group runs by this name. E.g. `gettext(lang=de)[source=en, target=de]`. Only causal LM
+    scores packed windows; chat packs its training split alone, so its name never says "packed".
     """
     def one(spec: SourceSpec) -> str:
         params = ",".join(f"{k}={v}" for k, v in sorted(spec.params.items()))
         return f"{spec.source}({params})" if params else spec.source
 
     view = ", ".join(f"{role}={'+'.join([c] if isinstance(c, str) else c)}" for role, c in data.columns.items())
-    if data.packing:
+    if data.packing and task == "causal_lm":
         view += f"; packed {data.max_length}"
     return "+".join([one(data)] + [one(m) for m in data.mix]) + (f"[{view}]" if view else "")
 

@@ -35,7 +35,7 @@ def score_model(recipe: Recipe, model: str) -> tuple[dict, object]:
         "greater_is_better": (
             prep.task.greater_is_better if result.greater_is_better is None else result.greater_is_better
         ),
-        "dataset": data_lib.dataset_info(data_lib.dataset_name(recipe.data), "test", prep.data["test"]),
+        "dataset": data_lib.dataset_info(data_lib.dataset_name(recipe.data, recipe.task), "test", prep.data["test"]),
         "metric_settings": result.settings,
         "scores": result.scores,
         "seed": recipe.train.seed,
@@ -81,6 +81,8 @@ def eval_main(target: str, *, recipe_path: str | None, out: str | None, override
             (dest / "recipe.yaml").write_text(as_base(recipe, target).to_yaml())
         if result.predictions:
             write_jsonl(dest / "predictions.jsonl", result.predictions)
+        for name, write in result.artifacts.items():  # e.g. the confusion matrix, redrawn from the new predictions
+            write(dest / name)
         runs.write_json(dest / "metrics.json", metrics)
         primary = fields["primary_metric"]
         print(f"{dest}: {primary} {fields['scores'][primary]:.4g} on {fields['dataset']['name']} "

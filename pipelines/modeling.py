@@ -13,6 +13,7 @@ import torch
 from peft import LoraConfig as PeftLoraConfig
 from peft import PeftModel, get_peft_model
 from transformers import AutoConfig, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.pytorch_utils import Conv1D
 
 from pipelines.errors import TuneforgeError
 from pipelines.recipe import LoraConfig, Recipe
@@ -147,8 +148,6 @@ def adapter_base(adapter_dir: str | Path, base: str) -> str:
 
 def linear_module_names(model: torch.nn.Module) -> list[str]:
     """Leaf names of every Linear / GPT-2 Conv1D layer, the modules LoRA can target."""
-    from transformers.pytorch_utils import Conv1D
-
     return sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, (torch.nn.Linear, Conv1D))})
 
 
@@ -183,6 +182,8 @@ def apply_lora(
         use_rslora=cfg.use_rslora,
         bias=cfg.bias,
         trainable_token_indices=list(trainable_token_indices) if trainable_token_indices else None,
+        # GPT-2's Conv1D stores weights as (in, out); PEFT needs to know (it warns and sets it itself otherwise).
+        fan_in_fan_out=any(isinstance(m, Conv1D) for m in model.modules()),
     )
     return get_peft_model(model, peft_cfg)
 

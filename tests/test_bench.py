@@ -164,7 +164,9 @@ def test_summary_ratios_and_targets():
     assert checks == [
         ("classification: non-padding tokens/s vs best peer (Trainer, tuned for speed)", round(tf_rate / 75, 4), True),
         ("classification: non-padding tokens/s vs Trainer defaults", round(tf_rate / 30, 4), True),
-        ("classification: held-out loss, relative difference to Trainer defaults", round(0.02 / 2.02, 4), True),
+        # Noise: no spread over repeats here, so the floor of 1% of the peer's loss.
+        ("classification: held-out loss difference to Trainer, defaults (nats) within noise", 0.02, True),
+        ("classification: held-out loss difference to Trainer, tuned for speed (nats) within noise", 0.01, True),
         ("classification: padding fraction (tuneforge)", 0.05, True),
     ]
 

@@ -274,6 +274,7 @@ def test_tiny_chat_run_learns_to_answer_and_stops_at_end_of_turn(tmp_path):
     metrics = loop.train(recipe, run_dir)
 
     assert metrics["task"] == "chat" and metrics["primary_metric"] == "perplexity"
+    assert "packed" not in metrics["dataset"]["name"]  # only training windows are packed; scoring is per conversation
     assert metrics["scores"]["perplexity"] < metrics["base_scores"]["perplexity"] / 4
     assert metrics["scores"]["rougeL"] == pytest.approx(1.0)
     predictions = [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()]

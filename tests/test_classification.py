@@ -268,6 +268,22 @@ def test_metrics_equal_scikit_learn_on_the_predictions(lora_run):
     assert (lora_run / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_eval_rescores_a_run_exactly_and_redraws_its_confusion_matrix(lora_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "copy"
+    shutil.copytree(lora_run, run, ignore=shutil.ignore_patterns("checkpoints"))
+    (run / "confusion_matrix.png").unlink()
+    (run / "predictions.jsonl").unlink()
+    before = runs.read_metrics(lora_run)
+    assert cli(["eval", str(run)]) == 0
+    after = runs.read_metrics(run)
+    assert after["scores"] == before["scores"] and after["base_scores"] == before["base_scores"]
+    assert after["train"] == before["train"]  # the training record is kept
+    assert read_predictions(run) == read_predictions(lora_run)
+    assert (run / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_predictions_do_not_depend_on_batch_size_or_padding(lora_run):
     from accelerate import Accelerator
 

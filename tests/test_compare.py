@@ -195,3 +195,12 @@ def test_compare_main_markdown_and_errors(runs_dir, tmp_path):
     with pytest.raises(TuneforgeError, match="no run folders"):
         compare_main([tmp_path / "empty"])
     assert render_html([], []).count("No finished runs") == 1
+
+
+def test_trainable_share_reads_as_a_plain_percentage(tmp_path):
+    write_run(tmp_path, "full", method="full", scores={"perplexity": 30.0, "loss": 3.4}, base_scores=BASE_LM,
+              params={"trainable": 1_350_000, "total": 1_350_000})  # fmt: skip
+    write_run(tmp_path, "head", method="head", scores={"perplexity": 60.0, "loss": 4.1}, base_scores=BASE_LM,
+              params={"trainable": 7_700, "total": 22_700_000})  # fmt: skip
+    text = compare_main([tmp_path], charts_dir=tmp_path / "charts")
+    assert "| 1.35M (100%) |" in text and "| 7.7k (0.034%) |" in text and "e+" not in text

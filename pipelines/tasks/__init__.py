@@ -32,6 +32,8 @@ class Task:
         score: (ScoreContext) -> Scored (scores, metric settings, predictions).
         prepare: (recipe, data, tokenizer) -> (data, from_pretrained kwargs); label maps, chat templates.
         on_save: (model_dir, unwrapped model, tokenizer, recipe) -> None; extra files for the saved model.
+        token_level: the loss is a mean over tokens, so exp(loss) is a perplexity worth logging; False for
+            classification (one cross-entropy per example).
     """
 
     name: str
@@ -48,20 +50,17 @@ class Task:
     optional_roles: tuple[str, ...] = ()
     prepare: Callable[..., tuple[datasets.DatasetDict, dict]] | None = None
     on_save: Callable[..., None] | None = None
+    token_level: bool = True
     extra: dict = field(default_factory=dict)
 
 
 def get_task(name: str) -> Task:
-    """The registered task called `name` (the recipe schema already restricts names)."""
-    from pipelines.tasks import causal_lm
+    """The registered task called `name` (the recipe schema already restricts names).
 
-    registry = {"causal_lm": causal_lm.TASK}
-    for optional in ("seq2seq", "denoising", "classification", "chat"):
-        try:
-            module = __import__(f"pipelines.tasks.{optional}", fromlist=["TASK"])
-        except ModuleNotFoundError:
-            continue
-        registry[optional] = module.TASK
-    if name not in registry:
-        raise KeyError(name)
+    Raises:
+        KeyError: no task family of that name.
+    """
+    from pipelines.tasks import causal_lm, chat, classification, denoising, seq2seq
+
+    registry = {t.name: t for t in (causal_lm.TASK, seq2seq.TASK, denoising.TASK, classification.TASK, chat.TASK)}
     return registry[name]

@@ -71,12 +71,13 @@ def tokenize(rows: datasets.Dataset, tokenizer, recipe: Recipe, split: str) -> d
     bos = tokenizer.bos_token_id
 
     def packed(batch: dict) -> dict:
-        ids = tokenizer(_texts(batch, "text", recipe), add_special_tokens=False)["input_ids"]
+        # verbose=False: whole documents are longer than the model on purpose; packing cuts them into windows.
+        ids = tokenizer(_texts(batch, "text", recipe), add_special_tokens=False, verbose=False)["input_ids"]
         windows = pack_windows(ids, eos, data.max_length)
         return {"input_ids": windows, "labels": windows, "length": [len(w) for w in windows]}
 
     def prompted(batch: dict) -> dict:
-        texts = tokenizer(_texts(batch, "text", recipe), add_special_tokens=False)["input_ids"]
+        texts = tokenizer(_texts(batch, "text", recipe), add_special_tokens=False, verbose=False)["input_ids"]
         if "prompt" in data.columns:
             prompts = [p + "\n" for p in _texts(batch, "prompt", recipe)]
             prompts = tokenizer(prompts, add_special_tokens=False)["input_ids"]

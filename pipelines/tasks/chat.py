@@ -204,7 +204,7 @@ def encode_conversation(
     """
     text = render(tokenizer, messages)
     spans = None if loss_on == "all" else assistant_spans(tokenizer, messages, text)
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
     return _labelled(tokenizer, enc["input_ids"], enc["offset_mapping"], spans, loss_on, max_length)
 
 
@@ -395,7 +395,7 @@ def tokenize(rows: datasets.Dataset, tokenizer, recipe: Recipe, split: str) -> d
         texts = [render(tokenizer, m) for m in conversations]
         spans = [None if loss_on == "all" else assistant_spans(tokenizer, m, t)
                  for m, t in zip(conversations, texts, strict=True)]
-        enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+        enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True, verbose=False)  # cut below
         out = {"input_ids": [], "labels": [], "length": [], "truncated": []}
         for ids, offsets, sp in zip(enc["input_ids"], enc["offset_mapping"], spans, strict=True):
             ids, labels, truncated = _labelled(tokenizer, ids, offsets, sp, loss_on, data.max_length)

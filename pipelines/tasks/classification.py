@@ -463,4 +463,5 @@ TASK = Task(
     score=score,
     prepare=prepare,
     on_save=on_save,
+    token_level=False,
 )
