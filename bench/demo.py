@@ -1,11 +1,13 @@
 """Demo latencies on real runs: the generator's first token and every Inspect view, cold and warm.
 
-    .venv/bin/python -m bench.demo runs/ [--out docs/demo-timings.json]
+    .venv/bin/python -m bench.demo runs/ [--out FILE.json] [--browser docs/inspect]
 
 Calls the demo's own handlers in this process, as the Gradio server would for one user (no browser, no network
 in between): a new `Handlers` per run, so "cold" includes loading the model from disk, as a user's first click
-does; "warm" repeats the call with the model cached. Run names default to the main job's runs. Prints a markdown
-table; `--out` also writes the numbers as JSON.
+does; "warm" repeats the call with the model cached. With `--browser DIR` it also serves the app and, in headless
+Chromium, clicks each Inspect view's button and times it until the result is on screen (images decoded), then
+saves a full-page screenshot per run into DIR. Run names default to the main job's runs. Prints markdown tables;
+`--out` also writes the numbers as JSON.
 """
 
 from __future__ import annotations
@@ -79,6 +81,73 @@ def _first_kind(ins, run: str) -> str:
     return ATTENTION_KINDS[introspect.family(ins.h.registry.finetuned(run).model)][0]
 
 
+# Per view: the button, and the element whose content changes once the result is on screen.
+BROWSER_VIEWS = {
+    "tokens": ("#inspect-tokens-go", "#inspect-tokens"),
+    "embeddings": ("#inspect-emb-go", "#inspect-neighbours"),
+    "positions": ("#inspect-pos-go", "#inspect-positions"),
+    "attention": ("#inspect-att-go", "#inspect-attention"),
+    "next_token": ("#inspect-next-go", "#inspect-topk"),
+    "windows": ("#inspect-win-go", "#inspect-win-note"),
+}
+# True once `selector`'s HTML differs from `before`, nothing in the page is pending and every image is decoded.
+SETTLED = """([selector, before]) => {
+    const el = document.querySelector(selector);
+    if (!el || el.innerHTML === before || document.querySelector('.pending, .generating')) return false;
+    return [...el.querySelectorAll('img')].every(img => img.complete && img.naturalWidth > 0);
+}"""
+
+
+def browser_views(runs_dir: Path, runs: list[str], shots: Path) -> dict:
+    """Seconds from clicking each Inspect view's button to its result on screen, per run, in headless Chromium."""
+    import re
+    import shutil
+    import socket
+
+    from playwright.sync_api import sync_playwright
+
+    from demo.app import build_app, serve
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    app = build_app(runs_dir)
+    url = serve(app, "127.0.0.1", port)
+    shots.mkdir(parents=True, exist_ok=True)
+    out = {}
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(
+                executable_path=shutil.which("chromium") or "/usr/bin/chromium",
+                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                      "--disable-component-update", "--no-first-run", "--disable-sync"])  # fmt: skip
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.set_default_timeout(120_000)
+            page.goto(url)
+            page.locator("#header").wait_for()
+            page.get_by_role("tab", name="Inspect").click()
+            for run in runs:
+                page.locator("#inspect-run input").click()
+                page.get_by_role("option", name=re.compile(rf"^{re.escape(run)} \(")).click()
+                t0 = time.perf_counter()
+                page.wait_for_function("() => !document.querySelector('.pending, .generating')")
+                out[run] = {"select_run_s": time.perf_counter() - t0}
+                for view, (button, result) in BROWSER_VIEWS.items():
+                    before = page.locator(result).inner_html()
+                    t0 = time.perf_counter()
+                    page.locator(button).click()
+                    page.wait_for_function(SETTLED, arg=[result, before], polling=20)
+                    out[run][view] = time.perf_counter() - t0
+                for button in page.locator(".toast-close").all():
+                    if button.is_visible():
+                        button.click()
+                page.screenshot(path=str(shots / f"{run}.png"), full_page=True)
+            browser.close()
+    finally:
+        app.close()
+    return out
+
+
 def table(result: dict) -> str:
     lines = ["| run | select run | " + " | ".join(VIEWS) + " |", "|---|---:|" + "---:|" * len(VIEWS)]
     for run, views in result["inspect"].items():
@@ -90,6 +159,11 @@ def table(result: dict) -> str:
     lines.append(f"Generator ({GENERATOR_RUN}, greedy, 48 new tokens): first token {gen['first_token_cold_s']:.2f} s "
                  f"cold (model load included) / {gen['first_token_warm_s']:.3f} s warm; whole answer "
                  f"{gen['full_cold_s']:.2f} s / {gen['full_warm_s']:.2f} s.")
+    if result.get("browser"):
+        lines += ["", "In the browser, seconds from the click to the result on screen (first click of each view):", "",
+                  "| run | " + " | ".join(VIEWS) + " |", "|---|" + "---:|" * len(VIEWS)]
+        for run, views in result["browser"].items():
+            lines.append(f"| {run} | " + " | ".join(f"{views[v]:.2f}" for v in VIEWS) + " |")
     return "\n".join(lines)
 
 
@@ -98,12 +172,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("runs_dir", type=Path)
     parser.add_argument("--runs", default=",".join(INSPECT_RUNS), help="comma-separated runs for the Inspect views")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--browser", type=Path, default=None, metavar="DIR",
+                        help="also time the views in headless Chromium; screenshots go to DIR")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     result = {"machine": machine(), "load_average_start": os.getloadavg(),
               "generator": first_token(args.runs_dir, GENERATOR_RUN), "inspect": {}}
     for run in args.runs.split(","):
         result["inspect"][run] = inspect_views(args.runs_dir, run)
+    if args.browser:
+        result["browser"] = browser_views(args.runs_dir, args.runs.split(","), args.browser)
     result["load_average_end"] = os.getloadavg()
     print("Inspect views, seconds, cold / warm (cold = first request of that view after selecting the run)\n")
     print(table(result))

@@ -48,6 +48,8 @@ class StepBatches:
     lengths (little padding), as transformers' `LengthGroupedSampler` does with the same 50; the steps are then
     shuffled (lengths do not trend through the epoch) and the one holding the longest example is moved to the
     front (an out-of-memory batch fails at the first step, not mid-run; LengthGroupedSampler does the same).
+    Equal lengths are ordered by `tiebreak` when given (seq2seq: source + target tokens, so pairs whose longer side
+    is as long but whose shorter side differs do not share a batch: 11.1% -> 9.9% padding on gettext en-de).
     The epoch's micro-batches form one global list; optimizer step s uses the next `accumulation * world_size` of
     them and process r takes every world_size-th one. The global batch of a step is therefore the same whether it
     runs as 2 processes x 1 micro-batch or 1 process x 2 micro-batches, and a resumed run continues at exactly
@@ -56,8 +58,9 @@ class StepBatches:
     """
 
     def __init__(self, lengths: list[int], micro_batch: int, accumulation: int, world: int, rank: int,
-                 seed: int, group_by_length: bool):
+                 seed: int, group_by_length: bool, tiebreak: list[int] | None = None):
         self.lengths = np.asarray(lengths)
+        self.tiebreak = np.asarray(tiebreak) if tiebreak is not None else np.zeros_like(self.lengths)
         self.micro_batch, self.accumulation, self.world, self.rank = micro_batch, accumulation, world, rank
         self.seed, self.group_by_length = seed, group_by_length
         self.per_step = accumulation * world
@@ -77,7 +80,7 @@ class StepBatches:
         if self.group_by_length:
             mega = self.micro_batch * self.per_step * MEGA_BATCHES  # depends only on the global batch size
             chunks = [order[i : i + mega] for i in range(0, len(order), mega)]
-            order = np.concatenate([c[np.argsort(-self.lengths[c], kind="stable")] for c in chunks])
+            order = np.concatenate([c[np.lexsort((-self.tiebreak[c], -self.lengths[c]))] for c in chunks])
         n = self.steps_per_epoch * self.per_step * self.micro_batch
         batches = [order[i : i + self.micro_batch].tolist() for i in range(0, n, self.micro_batch)]
         if self.group_by_length:
@@ -445,11 +448,12 @@ def train(recipe: Recipe, run_dir: Path, *, overwrite: bool = False, launch: str
     )
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)
-    batches = StepBatches(
-        prep.features["train"]["length"], cfg.micro_batch_size, accumulation_steps(cfg, accelerator.num_processes),
-        accelerator.num_processes, accelerator.process_index, cfg.seed, cfg.group_by_length,
-    )
     train_features = prep.features["train"]
+    batches = StepBatches(
+        train_features["length"], cfg.micro_batch_size, accumulation_steps(cfg, accelerator.num_processes),
+        accelerator.num_processes, accelerator.process_index, cfg.seed, cfg.group_by_length,
+        train_features["total_length"] if "total_length" in train_features.column_names else None,
+    )
 
     start_step, base_scored = 0, None
     if mode == "resume":

@@ -103,6 +103,10 @@ class DataConfig(SourceSpec):
     test_limit: int | None = Field(None, ge=1, description="score the first N test examples (deterministic)")
     top_k_labels: int | None = Field(None, ge=2, description="classification: keep the K most frequent labels")
     other_labels: Literal["drop", "other"] = "drop"
+    class_weights: Literal["none", "balanced"] = Field(
+        "none", description="classification: 'balanced' weights each training example's loss by "
+        "n / (K x count of its label), scikit-learn's class_weight='balanced', so rare classes count as much as "
+        "frequent ones (for macro-F1)")
     num_labels: int | None = Field(None, ge=2, description="classification: expected class count, checked on the data")
 
 

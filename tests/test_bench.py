@@ -6,6 +6,7 @@ The full benchmark (`python -m bench.run`) is not part of the test suite; these 
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import datasets
 import numpy as np
@@ -188,6 +189,22 @@ def test_length_grouping_keeps_global_batches_and_cuts_padding():
     assert lengths[first].max() == lengths.max()  # the longest batch runs first
 
 
+def test_equal_lengths_are_ordered_by_the_tiebreak():
+    rng = np.random.default_rng(1)
+    source = rng.integers(4, 64, size=1600)
+    target = np.clip(source + rng.integers(-20, 20, size=1600), 1, 64)  # a pair pads on both sides
+    longer, total = np.maximum(source, target), source + target
+
+    def padding(batches):
+        return 1 - sum(total[b].sum() for b in batches) / sum(
+            len(b) * (source[b].max() + target[b].max()) for b in batches)
+
+    plain = loop.StepBatches(longer, 16, 1, 1, 0, seed=0, group_by_length=True)
+    tied = loop.StepBatches(longer, 16, 1, 1, 0, seed=0, group_by_length=True, tiebreak=total)
+    assert sorted(sum(plain.epoch_batches(0), [])) == sorted(sum(tied.epoch_batches(0), []))  # same examples
+    assert padding(tied.epoch_batches(0)) < padding(plain.epoch_batches(0))
+
+
 def test_pad_multiple_only_on_gpus():
     assert loop.pad_multiple(torch.device("cpu")) == 1
     assert loop.pad_multiple(torch.device("cuda", 0)) == 8
@@ -224,3 +241,20 @@ def test_tokenized_splits_are_cached_across_runs(tmp_path, monkeypatch):
     loop.tokenize_cached(counted, rows.select(range(39)), tokenizer, recipe, "train")  # other rows: another entry
     assert len(calls) == 3
     assert len(list((tmp_path / "cache" / "tokenized").iterdir())) == 3
+
+
+def test_check_metrics_recomputes_scores_and_flags_a_tampered_one(tmp_path, capsys):
+    from bench.check_metrics import main as check
+
+    run = tmp_path / "runs" / "cls"
+    run.mkdir(parents=True)
+    rows = [{"prediction": p, "reference": r} for p, r in [("a", "a"), ("b", "a"), ("b", "b"), ("c", "b")]]
+    (run / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    scores = {"accuracy": 0.5, "macro_f1": (2 / 3 + 1 / 2 + 0) / 3, "weighted_f1": (2 / 3 + 1 / 2) / 2,
+              "micro_f1": 0.5, "mcc": 2 / (10 * 8) ** 0.5}  # by hand from the four rows (Gorodkin's multiclass MCC)
+    metrics = {"task": "classification", "scores": scores}
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    assert check([str(tmp_path / "runs")]) == 0
+    (run / "metrics.json").write_text(json.dumps({**metrics, "scores": {**scores, "macro_f1": 0.4}}))
+    assert check([str(tmp_path / "runs")]) == 1
+    assert "cls: macro_f1 stored 0.4 recomputed 0.3888888889 DIFFERENT" in capsys.readouterr().out

@@ -383,3 +383,20 @@ def test_two_processes_equal_one(tiny_bert, data_file, tmp_path):
         assert m2["scores"][key] == pytest.approx(m1["scores"][key], abs=1e-9), key
     p1, p2 = read_predictions(tmp_path / "one"), read_predictions(tmp_path / "two")
     assert len(p2) == m2["dataset"]["num_examples"] and [p["prediction"] for p in p1] == [p["prediction"] for p in p2]
+
+
+def test_balanced_class_weights_scale_each_examples_loss():
+    weights = classification.balanced_weights([0, 0, 0, 1])
+    assert weights == pytest.approx({0: 4 / (2 * 3), 1: 4 / (2 * 1)})  # scikit-learn's n / (K * count)
+    assert sum(weights[y] for y in [0, 0, 0, 1]) == pytest.approx(4)  # the loss keeps its scale
+
+    class Fixed(torch.nn.Module):  # a "classifier" whose logits are given
+        def forward(self, input_ids, attention_mask):
+            return type("Out", (), {"logits": torch.tensor([[2.0, 0.0], [0.0, 1.0]])})()
+
+    batch = {"input_ids": torch.zeros(2, 3, dtype=torch.long), "attention_mask": torch.ones(2, 3, dtype=torch.long),
+             "labels": torch.tensor([0, 1])}
+    plain, count = classification.loss(Fixed(), batch)
+    weighted, _ = classification.loss(Fixed(), {**batch, "weight": torch.tensor([0.5, 3.0])})
+    torch.testing.assert_close(weighted, plain * torch.tensor([0.5, 3.0]))
+    assert count.tolist() == [1, 1]

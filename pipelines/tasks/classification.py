@@ -252,13 +252,29 @@ def encode(tokenizer, texts: list[str], pairs: list[str] | None, max_length: int
     return out
 
 
+def balanced_weights(label_ids: list[int]) -> dict[int, float]:
+    """Per-class loss weights n / (K * count): scikit-learn's `class_weight="balanced"` (after King & Zeng 2001).
+
+    Every class then carries the same total weight, and the weights average 1 over the examples, so the loss keeps
+    its scale. Returns {label id: weight} for the labels present.
+    """
+    counts = Counter(label_ids)
+    return {label: len(label_ids) / (len(counts) * n) for label, n in counts.items()}
+
+
 def tokenize(rows: datasets.Dataset, tokenizer, recipe: Recipe, split: str) -> datasets.Dataset:
-    """Rows (with `label_id` from `prepare`) -> `input_ids`, [`token_type_ids`], `labels` and `length`."""
+    """Rows (with `label_id` from `prepare`) -> `input_ids`, [`token_type_ids`], `labels`, `length` and, for the
+    training split with `data.class_weights: balanced`, `weight` (see `balanced_weights`)."""
     text_col, pair_col = role_column(recipe, "text"), role_column(recipe, "text_pair")
+    balanced = recipe.data.class_weights == "balanced" and split == "train"
+    weights = balanced_weights(list(rows[LABEL_ID])) if balanced else None
 
     def fn(batch: dict) -> dict:
         pairs = batch[pair_col] if pair_col else None
-        return {**encode(tokenizer, batch[text_col], pairs, recipe.data.max_length), "labels": batch[LABEL_ID]}
+        out = {**encode(tokenizer, batch[text_col], pairs, recipe.data.max_length), "labels": batch[LABEL_ID]}
+        if weights is not None:
+            out["weight"] = [weights[label] for label in batch[LABEL_ID]]
+        return out
 
     return rows.map(fn, batched=True, batch_size=1000, remove_columns=rows.column_names, desc=f"tokenize {split}")
 
@@ -268,7 +284,8 @@ def collate(features: list[dict], tokenizer, recipe: Recipe | None = None, pad_t
     """Right-pad to the longest row rounded up to a multiple of `pad_to_multiple_of`; the mask is 0 on padding.
 
     Returns:
-        input_ids, attention_mask [, token_type_ids]: [B, T] int64; labels [B] int64 when the rows have them.
+        input_ids, attention_mask [, token_type_ids]: [B, T] int64; labels [B] int64 and weight [B] float32 when
+        the rows have them.
     """
     width = max(len(f["input_ids"]) for f in features)
     width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
@@ -286,6 +303,8 @@ def collate(features: list[dict], tokenizer, recipe: Recipe | None = None, pad_t
         batch["token_type_ids"] = types
     if "labels" in features[0]:
         batch["labels"] = torch.tensor([f["labels"] for f in features], dtype=torch.long)
+    if "weight" in features[0]:
+        batch["weight"] = torch.tensor([f["weight"] for f in features], dtype=torch.float32)
     return batch
 
 
@@ -295,12 +314,15 @@ def logits(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-example cross-entropy (nats) and one target per example.
+    """Per-example cross-entropy (nats), times the example's class weight when the batch has `weight`, and one
+    target per example (so the loop's mean is sum(w_i * nll_i) / n, scikit-learn's sample-weighted loss).
 
     Returns:
         (nll [B] float32, count [B] int64 of ones)
     """
     nll = F.cross_entropy(logits(model, batch), batch["labels"], reduction="none")
+    if "weight" in batch:
+        nll = nll * batch["weight"]
     return nll, torch.ones_like(batch["labels"])
 
 

@@ -152,7 +152,8 @@ def tokenize_pairs(tokenizer, sources: list[str], targets: list[str], max_length
 
 
 def tokenize(rows: datasets.Dataset, tokenizer, recipe: Recipe, split: str) -> datasets.Dataset:
-    """Rows -> `input_ids` (source), `labels` (target, unshifted) and `length` (longer of the two, for bucketing)."""
+    """Rows -> `input_ids` (source), `labels` (target, unshifted), `length` (the longer of the two) and
+    `total_length` (their sum): length-grouped batching sorts by the first and breaks ties by the second."""
     data = recipe.data
     src, tgt = column(recipe, "source"), column(recipe, "target")
     input_ids, labels, cut_src, cut_tgt = tokenize_pairs(
@@ -165,7 +166,9 @@ def tokenize(rows: datasets.Dataset, tokenizer, recipe: Recipe, split: str) -> d
         )
     # `length` orders length-grouped batches: the longer side decides how much a pair pads (source or target).
     lengths = [max(len(s), len(t)) for s, t in zip(input_ids, labels, strict=True)]
-    return datasets.Dataset.from_dict({"input_ids": input_ids, "labels": labels, "length": lengths})
+    totals = [len(s) + len(t) for s, t in zip(input_ids, labels, strict=True)]
+    return datasets.Dataset.from_dict({"input_ids": input_ids, "labels": labels, "length": lengths,
+                                       "total_length": totals})
 
 
 def pad_batch(sources: list[list[int]], targets: list[list[int]], pad_id: int, pad_to_multiple_of: int = PAD_MULTIPLE
