@@ -54,6 +54,19 @@ def first_token(runs_dir: Path, run: str, prompt: str = "ls - list directory con
     return out
 
 
+CHAT_RUN = "gpt-chat-lora-manpages"
+CHAT_TURNS = ("What does the ls command do?", "And what does the grep command do?", "What is cp for?")
+
+
+def chat_transcript(runs_dir: Path, run: str = CHAT_RUN) -> list[dict]:
+    """A multi-turn conversation through the Chat tab's handler (greedy, 48 new tokens a turn)."""
+    h = handlers(runs_dir)
+    history: list[dict] = []
+    for message in CHAT_TURNS:
+        *_, (history, _) = h.chat(run, message, history, 0.0, 1.0, 48)  # the last update holds the whole answer
+    return history
+
+
 def inspect_views(runs_dir: Path, run: str) -> dict:
     """Seconds per Inspect view for `run`: selecting the run (loads the model, prefetches), then each view cold
     (first request of that view) and warm (repeated), all with the tab's default inputs."""
@@ -182,9 +195,13 @@ def main(argv: list[str] | None = None) -> int:
         result["inspect"][run] = inspect_views(args.runs_dir, run)
     if args.browser:
         result["browser"] = browser_views(args.runs_dir, args.runs.split(","), args.browser)
+    result["chat"] = chat_transcript(args.runs_dir)
     result["load_average_end"] = os.getloadavg()
     print("Inspect views, seconds, cold / warm (cold = first request of that view after selecting the run)\n")
     print(table(result))
+    print(f"\nChat tab transcript ({CHAT_RUN}, greedy):\n")
+    for turn in result["chat"]:
+        print(f"> **{turn['role']}**: {turn['content']}")
     if args.out:
         args.out.write_text(json.dumps(result, indent=1))
     return 0
