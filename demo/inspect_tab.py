@@ -28,7 +28,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from demo.app import Handlers, run_dropdown, shown_in_ui
-from demo.models import LoadedModel, run_version
+from demo.models import LoadedModel, base_is_adapters_off, run_version
 from pipelines import introspect
 from pipelines.errors import TuneforgeError
 
@@ -546,8 +546,8 @@ class Inspector:
     def _draw_ahead(self, run: str) -> None:
         """Draw the positions view of the run (and of its base when that is the same loaded model, a LoRA run's) in
         advance: a second of matplotlib work each that only changes with the run. Never loads a model."""
-        lora = hasattr(self.h.registry.finetuned(run).model, "disable_adapter")
-        for which in ("run", "base") if lora else ("run",):
+        same_model = base_is_adapters_off(self.h.registry.finetuned(run).model)
+        for which in ("run", "base") if same_model else ("run",):
             try:
                 self._positions(run, which)
             except Exception:  # the same error reaches the user when they ask for the view

@@ -119,6 +119,14 @@ class RunCatalog:
         return run
 
 
+def base_is_adapters_off(model: torch.nn.Module) -> bool:
+    """Whether `model`'s base is itself with its LoRA adapters switched off: a PEFT model whose adapter left the base
+    weights untouched (`bias: none`; trained biases live in the base layers and stay on under `disable_adapter`)."""
+    from peft import PeftModel
+
+    return isinstance(model, PeftModel) and all(c.bias == "none" for c in model.peft_config.values())
+
+
 def run_version(run: RunInfo) -> int | None:
     """metrics.json's modification time (ns) while the run is finished and has a model, else None."""
     from pipelines.runs import is_finished
@@ -236,9 +244,11 @@ class Registry:
     def base(self, key: str | None) -> tuple[LoadedModel, bool]:
         """The model the run was finetuned from.
 
-        For a LoRA run this is the same loaded model with its adapters switched off (no second copy); a full or
-        head-only finetune loads the recipe's `model.base` separately, with the run's own config so a classifier
-        gets the same label set (its head is then the untrained one that metrics.json's base_scores measured).
+        For a LoRA run this is the same loaded model with its adapters switched off (no second copy), unless the
+        adapter also trained the base's biases (`lora.bias` other than "none": PEFT cannot switch those off). That,
+        a full or a head-only finetune loads the recipe's `model.base` separately, with the run's own config so a
+        classifier gets the same label set (its head is then the untrained one that metrics.json's base_scores
+        measured).
 
         Returns:
             (model, adapter_off): adapter_off is True when the caller must run it inside `disable_adapter()`.
@@ -250,9 +260,7 @@ class Registry:
         if run.method in ("scratch", "baseline"):
             raise TuneforgeError(f"run: {run.name!r} was trained from scratch; it has no base model to compare with")
         tuned = self.finetuned(key)
-        from peft import PeftModel
-
-        if isinstance(tuned.model, PeftModel):
+        if base_is_adapters_off(tuned.model):
             return tuned, True
         version = run_version(run)
         return self.cache.get(f"{run.path.name}#base", version, lambda: self._load_base(run, tuned)), False
@@ -285,7 +293,8 @@ class Registry:
         if tuned.recipe.task == "classification":
             kwargs["config"] = AutoConfig.from_pretrained(run.path / "model", trust_remote_code=False)
         with _FROM_PRETRAINED:
-            model = modeling.load_model(tuned.recipe.model.base, tuned.task.auto_model, **kwargs)
+            base = modeling.adapter_base(run.path / "model", tuned.recipe.model.base)  # runs/... from any directory
+            model = modeling.load_model(base, tuned.task.auto_model, **kwargs)
         model.to(self.device).eval()
         return LoadedModel(
             f"{tuned.key}#base", tuned.version, tuned.recipe, tuned.task, model, tuned.tokenizer, model_bytes(model)

@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         # An interrupted run resumes from its last checkpoint; --overwrite starts every run afresh.
         again = ["--overwrite"] if args.overwrite or command != "train" else ["train.resume=auto"]
         code = cli([command, recipe, f"output.dir={args.runs_dir}", *again])
-        timings.append((recipe, time.perf_counter() - t0))
+        timings.append((f"{command} {recipe}", time.perf_counter() - t0))
         if code:
             print(f"main job: {recipe} failed (exit {code})", file=sys.stderr)
             return code
@@ -63,8 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     cli(["compare", args.runs_dir, "--format", "html", "--out", str(out)])
     cli(["compare", args.runs_dir])
     total = time.perf_counter() - start
-    for recipe, seconds in timings:
-        print(f"  {seconds:7.1f} s  {recipe}")
+    for step, seconds in timings:
+        print(f"  {seconds:7.1f} s  tuneforge {step}")
     print(f"main job: {total / 60:.1f} min; tables: {out}; demo: ./.venv/bin/tuneforge demo {args.runs_dir}")
     return 0
 

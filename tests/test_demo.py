@@ -411,3 +411,17 @@ def test_inspect_views_of_a_classifier_run(client, runs_root):
     assert len(near["data"]) == 3
     _, note = client.predict("cls-lora", "run", 0, api_name="/inspect_windows")
     assert note.startswith("Does not apply: a classifier")
+
+
+@pytest.mark.parametrize("bias, reused", [("none", True), ("all", False), ("lora_only", False)])
+def test_base_is_the_adapters_off_model_only_when_lora_left_the_base_untouched(bias, reused):
+    from peft import LoraConfig, get_peft_model
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from demo.models import base_is_adapters_off
+
+    base = GPT2LMHeadModel(GPT2Config(vocab_size=32, n_positions=8, n_embd=16, n_layer=1, n_head=2))
+    lora = get_peft_model(base, LoraConfig(r=2, target_modules=["c_attn"], bias=bias, fan_in_fan_out=True))
+    # bias != "none" trains the base layers' own biases: disable_adapter() would not give the base back.
+    assert base_is_adapters_off(lora) is reused
+    assert base_is_adapters_off(base) is False
