@@ -63,16 +63,25 @@ def check_run_dir(run_dir: Path, *, overwrite: bool, resume: str) -> str:
     run_dir = Path(run_dir)
     if overwrite or not run_dir.exists() or not any(run_dir.iterdir()):
         return "fresh"
+    if not (run_dir / "recipe.yaml").is_file():  # not a tuneforge run: never replace someone's files
+        raise TuneforgeError(
+            f"output: {str(run_dir)!r} is a non-empty folder that is not a tuneforge run; choose another "
+            "output.dir or output.name (or pass --overwrite to delete it)"
+        )
     if resume == "auto":
         if is_finished(run_dir):
             raise TuneforgeError(
                 f"train.resume: {str(run_dir)!r} already finished; nothing to resume. Use --overwrite to retrain"
             )
-        return "resume" if checkpoint_dirs(run_dir) else "fresh"
-    what = "a finished run" if is_finished(run_dir) else "an unfinished run"
+        return "resume" if checkpoint_dirs(run_dir) else "fresh"  # no checkpoint yet: our own half-made folder
+    if is_finished(run_dir):
+        raise TuneforgeError(
+            f"output: {str(run_dir)!r} already holds a finished run; pass --overwrite to replace it, or "
+            "output.name=NEW to write elsewhere"
+        )
     raise TuneforgeError(
-        f"output: {str(run_dir)!r} already holds {what}; pass --overwrite to replace it, train.resume=auto to "
-        "continue it, or output.name=NEW to write elsewhere"
+        f"output: {str(run_dir)!r} already holds an unfinished run; pass train.resume=auto to continue it, "
+        "--overwrite to replace it, or output.name=NEW to write elsewhere"
     )
 
 

@@ -126,3 +126,15 @@ def test_empty_dataset_after_limits_is_a_clear_error(corpus, tmp_path):
     with pytest.raises(TuneforgeError, match="empty"):
         loop.train(build_recipe(raw), tmp_path / "empty")
     assert not (tmp_path / "empty").exists()
+
+
+@pytest.mark.parametrize("resume", ["never", "auto"])
+def test_a_folder_that_is_not_a_run_is_never_deleted(pretrained, corpus, tmp_path, resume):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("keep me")
+    raw = tiny_lora_raw(corpus, tmp_path, pretrained, "mine")
+    raw["train"]["resume"] = resume
+    with pytest.raises(TuneforgeError, match="not a tuneforge run"):
+        loop.train(build_recipe(raw), folder)
+    assert (folder / "notes.txt").read_text() == "keep me"
