@@ -125,7 +125,7 @@ def run_baseline(recipe: Recipe, run_dir: Path, *, overwrite: bool = False, laun
         "base_model": "tfidf+logreg",
         "primary_metric": classification.TASK.primary_metric,
         "greater_is_better": classification.TASK.greater_is_better,
-        "dataset": data_lib.dataset_info(data_lib.dataset_name(recipe.data, recipe.task), "test", test),
+        "dataset": data_lib.dataset_info(recipe.data, recipe.task, test),
         "metric_settings": result.settings,
         "scores": result.scores,
         "base_scores": None,

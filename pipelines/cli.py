@@ -52,11 +52,21 @@ def _parser() -> argparse.ArgumentParser:
 
     a = sub.add_parser("data", help="preview / export a built-in dataset")
     a.add_argument("name")
-    a.add_argument("--limit", type=int, default=5)
+    a.add_argument("--limit", type=_positive_int, default=5, help="rows to show or write (default 5)")
     a.add_argument("--split", default="train", choices=["train", "validation", "test"])
     a.add_argument("--lang", default="de", help="gettext: target language")
     a.add_argument("--out", help="write JSONL here instead of printing")
     return p
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
 
 
 def cmd_train(args) -> int:

@@ -35,9 +35,20 @@ def check_source(spec: SourceSpec, field: str = "data.source") -> None:
     """Cheap checks (no loading) that `validate` runs: the local file exists, the built-in name is known.
 
     Raises:
-        TuneforgeError: a missing local file, or a name that looks like a misspelled built-in source.
+        TuneforgeError: a missing local file, a name that looks like a misspelled built-in source, or a
+            `columns` entry naming a column the built-in source does not have.
     """
     kind = source_kind(spec.source)
+    if kind == "builtin":
+        lang = str(spec.params.get("lang", "de"))
+        have = [c.format(lang=lang) for c in SOURCES[spec.source].columns]
+        prefix = field.removesuffix(".source")
+        for role, names in spec.columns.items():
+            for name in [names] if isinstance(names, str) else names:
+                if name not in have:
+                    close = difflib.get_close_matches(name, have, n=1)
+                    hint = f"did you mean {close[0]!r}?" if close else f"{spec.source!r} has {have}"
+                    raise TuneforgeError(f"{prefix}.columns.{role}: no column {name!r} in {spec.source!r}; {hint}")
     if kind == "local" and not Path(spec.source).expanduser().exists():
         raise TuneforgeError(f"{field}: {spec.source!r} does not exist; give a json/jsonl/csv/parquet/txt file")
     if kind == "hub" and "/" not in spec.source:
@@ -87,7 +98,20 @@ def load_spec(spec: SourceSpec, splits: dict[str, str] | None = None) -> dataset
     elif kind == "local":
         dd = _load_local(Path(spec.source).expanduser())
     else:
-        dd = _load_hub(spec, splits or {s: s for s in SPLITS})
+        return _check_columns(_load_hub(spec, splits or {s: s for s in SPLITS}), spec)
+    for ours, theirs in (splits or {}).items():
+        if theirs not in SPLITS:
+            raise TuneforgeError(f"data.splits.{ours}: {spec.source!r} has no split {theirs!r}; it has {list(SPLITS)}")
+    dd = datasets.DatasetDict({ours: dd[(splits or {}).get(ours, ours)] for ours in SPLITS})
+    return _check_columns(dd, spec)
+
+
+def _check_columns(dd: datasets.DatasetDict, spec: SourceSpec) -> datasets.DatasetDict:
+    """`dd` itself, once every column the recipe names is known to exist.
+
+    Raises:
+        TuneforgeError: a `columns` entry naming a missing column (with did-you-mean).
+    """
     available = dd["train"].column_names
     for role, cols in spec.columns.items():
         for col in [cols] if isinstance(cols, str) else cols:
@@ -149,9 +173,11 @@ def load_data(data: DataConfig) -> datasets.DatasetDict:
     return datasets.DatasetDict(out)
 
 
-def dataset_info(name: str, split: str, ds: datasets.Dataset) -> dict:
-    """The dataset identity recorded with every score: name, split, example count, fingerprint."""
-    return {"name": name, "split": split, "num_examples": len(ds), "fingerprint": fingerprint(ds)}
+def dataset_info(data: DataConfig, task: str, ds: datasets.Dataset) -> dict:
+    """The identity of the scored rows `ds`, recorded with every score: dataset name (see `dataset_name`), the
+    source split they came from (`data.splits.test`, "test" unless remapped), example count and fingerprint."""
+    split = data.splits.get("test", "test")
+    return {"name": dataset_name(data, task), "split": split, "num_examples": len(ds), "fingerprint": fingerprint(ds)}
 
 
 def dataset_name(data: DataConfig, task: str) -> str:

@@ -35,7 +35,7 @@ def score_model(recipe: Recipe, model: str) -> tuple[dict, object]:
         "greater_is_better": (
             prep.task.greater_is_better if result.greater_is_better is None else result.greater_is_better
         ),
-        "dataset": data_lib.dataset_info(data_lib.dataset_name(recipe.data, recipe.task), "test", prep.data["test"]),
+        "dataset": data_lib.dataset_info(recipe.data, recipe.task, prep.data["test"]),
         "metric_settings": result.settings,
         "scores": result.scores,
         "seed": recipe.train.seed,
@@ -58,6 +58,11 @@ def eval_main(target: str, *, recipe_path: str | None, out: str | None, override
 
             recipe = build_recipe(recipe.model_dump(mode="json"), overrides)
         if not (target_path / "model").is_dir():
+            if (runs.read_metrics(target_path) or {}).get("method") == "baseline":
+                raise TuneforgeError(
+                    f"{target!r} is a TF-IDF baseline (no model to score); rerun it with "
+                    f"`tuneforge baseline {target_path / 'recipe.yaml'} --out {target} --overwrite`"
+                )
             raise TuneforgeError(f"{target!r} has no model/: the run did not finish; resume or retrain it")
         fields, result = score_model(recipe, str(target_path / "model"))
         metrics = runs.read_metrics(target_path) or {}
@@ -86,5 +91,5 @@ def eval_main(target: str, *, recipe_path: str | None, out: str | None, override
         runs.write_json(dest / "metrics.json", metrics)
         primary = fields["primary_metric"]
         print(f"{dest}: {primary} {fields['scores'][primary]:.4g} on {fields['dataset']['name']} "
-              f"test ({fields['dataset']['num_examples']} examples)")
+              f"{fields['dataset']['split']} ({fields['dataset']['num_examples']} examples)")
     return 0

@@ -16,6 +16,7 @@ import resource
 import shutil
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -269,7 +270,7 @@ def build(recipe: Recipe, run_dir: Path, accelerator: Accelerator, mode: str, *,
     if added_tokens:
         modeling.fit_embeddings(model, len(tokenizer))
     if recipe.model.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         if recipe.lora is not None:
             model.enable_input_require_grads()  # LoRA + checkpointing: frozen embeddings need grad-carrying inputs
     if recipe.lora is not None:
@@ -424,6 +425,13 @@ def train(recipe: Recipe, run_dir: Path, *, overwrite: bool = False, launch: str
         step_scheduler_with_optimizer=False,
     )
     main = accelerator.is_main_process
+    if main and accelerator.mixed_precision == "bf16" and accelerator.device.type == "cpu":
+        if not torch.ops.mkldnn._is_mkldnn_bf16_supported():  # oneDNN's check for AVX512-BF16 / AMX
+            warnings.warn(
+                "mixed_precision bf16 on a CPU without native bf16 (AVX512-BF16 or AMX) is emulated and slower "
+                "than fp32; launch without --mixed_precision bf16",
+                stacklevel=2,
+            )
     preflight(recipe)
     mode = runs.check_run_dir(run_dir, overwrite=overwrite, resume=cfg.resume)
     accelerator.wait_for_everyone()
@@ -574,7 +582,7 @@ def train(recipe: Recipe, run_dir: Path, *, overwrite: bool = False, launch: str
         "greater_is_better": (
             prep.task.greater_is_better if result.greater_is_better is None else result.greater_is_better
         ),
-        "dataset": data_lib.dataset_info(data_lib.dataset_name(recipe.data, recipe.task), "test", prep.data["test"]),
+        "dataset": data_lib.dataset_info(recipe.data, recipe.task, prep.data["test"]),
         "metric_settings": result.settings,
         "scores": result.scores,
         "base_scores": (base_scored or {}).get("base_scores"),

@@ -45,15 +45,29 @@ def resolve_base(base: str, field: str = "model.base") -> str:
     must exist.
 
     Raises:
-        TuneforgeError: unknown alias, or a local path that does not exist (with the command that makes it).
+        TuneforgeError: an empty value, an unknown alias, a local path that does not exist (with the command that
+            makes it), or a local folder that holds no model (no config.json or adapter_config.json).
     """
+    if not base.strip():
+        raise TuneforgeError(f"{field}: empty; give a Hub id, a model folder, a run folder or {', '.join(ALIASES)}")
     if base.startswith("builtin:"):
         if base not in ALIASES:
             raise TuneforgeError(f"{field}: unknown alias {base!r}; known: {sorted(ALIASES)}")
         return ALIASES[base]()
     path = Path(base).expanduser()
     if path.is_dir():
-        return str(path / "model") if (path / "model").is_dir() else str(path)
+        model_dir = path / "model" if (path / "model").is_dir() else path
+        if not any((model_dir / name).is_file() for name in ("config.json", "adapter_config.json")):
+            if (path / "recipe.yaml").is_file():
+                raise TuneforgeError(
+                    f"{field}: {base!r} is a run that has not finished (no model/ yet); finish it with "
+                    f"`tuneforge train {path / 'recipe.yaml'} train.resume=auto`, or pick a finished run"
+                )
+            raise TuneforgeError(
+                f"{field}: {base!r} is a folder without a model (no config.json); give a run folder (runs/NAME), "
+                "a folder written by save_pretrained, a Hub id, or one of " + ", ".join(sorted(ALIASES))
+            )
+        return str(model_dir)
     first = Path(base).parts[0] if Path(base).parts else ""
     if base.startswith((".", "/", "~")) or (len(Path(base).parts) > 1 and Path(first).is_dir()) or first == "runs":
         hint = producing_recipe_hint(base)
@@ -151,9 +165,14 @@ def adapter_base(adapter_dir: str | Path, base: str) -> str:
     return str(candidate) if candidate.exists() else base
 
 
-def linear_module_names(model: torch.nn.Module) -> list[str]:
-    """Leaf names of every Linear / GPT-2 Conv1D layer, the modules LoRA can target."""
-    return sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, (torch.nn.Linear, Conv1D))})
+def lora_target_names(model: torch.nn.Module) -> list[str]:
+    """Leaf names of every Linear / GPT-2 Conv1D / Embedding layer: the modules a recipe's LoRA can target.
+
+    LoRA on an embedding (PEFT's `lora_embedding_A` (r x vocab) and `_B` (dim x r)) gives every token its own
+    rank-r correction, at the cost of one lookup; useful where rare tokens carry the label.
+    """
+    kinds = (torch.nn.Linear, Conv1D, torch.nn.Embedding)
+    return sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, kinds)})
 
 
 def apply_lora(
@@ -169,12 +188,12 @@ def apply_lora(
     Raises:
         TuneforgeError: a target module that the model does not have (the ones it has are listed).
     """
-    available = linear_module_names(model)
+    available = lora_target_names(model)
     if cfg.target_modules != "auto":
         missing = [m for m in cfg.target_modules if m not in available]
         if missing:
             raise TuneforgeError(
-                f"lora.target_modules: {missing} not in {type(model).__name__}; its linear layers are {available}"
+                f"lora.target_modules: {missing} not in {type(model).__name__}; it has {available}"
             )
     peft_cfg = PeftLoraConfig(
         task_type=task_type,

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipelines.errors import TuneforgeError
 
@@ -71,7 +71,10 @@ class LoraConfig(_Section):
     r: int = Field(8, ge=1, description="LoRA rank")
     alpha: float = Field(16, gt=0, description="scaling numerator: update is (alpha / r) * B @ A (rsLoRA: sqrt(r))")
     dropout: float = Field(0.05, ge=0.0, lt=1.0)
-    target_modules: Literal["auto"] | list[str] = "auto"
+    target_modules: Literal["auto"] | list[str] = Field(
+        "auto", description="auto = every linear layer but the head (PEFT's all-linear); or leaf names of "
+        "Linear/Conv1D/Embedding layers, e.g. [query, value] or [query, key, value, dense, word_embeddings]"
+    )
     modules_to_save: Literal["auto"] | list[str] = "auto"
     use_dora: bool = False
     use_rslora: bool = False
@@ -173,6 +176,14 @@ class OutputConfig(_Section):
     dir: str = "runs"
     name: str | None = Field(None, description="run folder name; default: the recipe file's stem")
 
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, name: str | None) -> str | None:
+        # The name is one folder under output.dir: a path here would write (or refuse) somewhere else entirely.
+        if name is not None and (not name.strip() or name in (".", "..") or "/" in name or "\\" in name):
+            raise ValueError("must be one folder name (no '/', not '.' or '..'); put the parent folder in output.dir")
+        return name
+
 
 class Recipe(_Section):
     """A whole run: what to train, on what, how, and where it goes."""
@@ -256,6 +267,35 @@ def _section_class(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
+_TYPE_TAGS = ("int", "float", "str", "bool", "dict", "list")
+
+
+def _collapse_unions(errors: list[dict]) -> list[dict]:
+    """One error per field for a value that matched no member of a union (pydantic reports one per member)."""
+    out: list[dict] = []
+    unions: dict[tuple, dict] = {}
+    for err in errors:
+        loc = err["loc"]
+        at = next((i for i, p in enumerate(loc) if isinstance(p, str) and ("[" in p or p in _TYPE_TAGS)), None)
+        if at is None:
+            out.append(err)
+        elif loc[:at] in unions:
+            unions[loc[:at]]["members"].append(loc[at])
+        else:
+            unions[loc[:at]] = {"type": "union", "loc": loc[:at], "input": err.get("input"), "members": [loc[at]]}
+            out.append(unions[loc[:at]])
+    return out
+
+
+def _describe_member(tag: str) -> str:
+    """pydantic's union member tag in words: "literal['auto']" -> "'auto'", "list[str]" -> "a list of str"."""
+    if tag.startswith("literal["):
+        return tag[len("literal[") : -1]
+    if tag.startswith("list["):
+        return f"a list of {tag[len('list[') : -1]}"
+    return tag
+
+
 def _format_error(err: dict, raw: dict) -> str:
     loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-after")))
     path = ".".join(str(p) for p in loc) or "recipe"
@@ -267,7 +307,14 @@ def _format_error(err: dict, raw: dict) -> str:
         return f"{path}: unknown key. {hint or 'Known keys here: ' + ', '.join(known)}".rstrip()
     if err["type"] == "missing":
         return f"{path}: required, not set"
+    if err["type"] == "literal_error" and isinstance(value, str):
+        expected = [e.strip().strip("'") for e in err["ctx"]["expected"].replace(" or ", ", ").split(",")]
+        close = difflib.get_close_matches(value, expected, n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]!r}?" if close else "use one of " + ", ".join(expected)
+        return f"{path}: unknown value {value!r}; {hint}"
     shown = json.dumps(value) if isinstance(value, (str, int, float, bool)) or value is None else type(value).__name__
+    if err["type"] == "union":
+        return f"{path}: expected {' or '.join(_describe_member(m) for m in err['members'])} (got {shown})"
     msg = err["msg"].removeprefix("Value error, ")
     return f"{path}: {msg} (got {shown})"
 
@@ -303,6 +350,11 @@ def _merge(base: dict, extra: dict) -> dict:
     return out
 
 
+def is_launch_config(raw: object) -> bool:
+    """True for a mapping that `accelerate config` wrote (it names a compute environment or distributed type)."""
+    return isinstance(raw, dict) and bool({"compute_environment", "distributed_type"} & set(raw))
+
+
 def build_recipe(raw: dict, overrides: list[str] | None = None, *, origin: str = "recipe") -> Recipe:
     """Validate a raw recipe dict (plus overrides) into a `Recipe`.
 
@@ -311,11 +363,16 @@ def build_recipe(raw: dict, overrides: list[str] | None = None, *, origin: str =
     """
     if not isinstance(raw, dict):
         raise TuneforgeError(f"{origin}: expected a YAML mapping of sections (task, model, data, ...)")
+    if is_launch_config(raw):
+        raise TuneforgeError(
+            f"{origin}: this is an Accelerate launch config, not a recipe; pass it as "
+            "`accelerate launch --config_file` (or `tuneforge validate RECIPE --launch-config` it)"
+        )
     merged = _merge(raw, parse_overrides(overrides or []))
     try:
         return Recipe.model_validate(merged)
     except ValidationError as exc:
-        lines = [_format_error(e, merged) for e in exc.errors()]
+        lines = [_format_error(e, merged) for e in _collapse_unions(exc.errors())]
         raise TuneforgeError(f"{origin}: {len(lines)} problem(s):\n  " + "\n  ".join(lines)) from None
 
 

@@ -17,7 +17,7 @@ import yaml
 from pipelines import data as data_lib
 from pipelines import modeling
 from pipelines.errors import TuneforgeError
-from pipelines.recipe import Recipe, load_recipe
+from pipelines.recipe import Recipe, is_launch_config, load_recipe
 
 GENERATION_TASKS = ("seq2seq", "chat")
 
@@ -40,8 +40,13 @@ def load_launch_config(path: str | Path) -> dict:
     if not path.is_file():
         raise TuneforgeError(f"--launch-config: {str(path)!r} does not exist; see recipes/accelerate/")
     cfg = yaml.safe_load(path.read_text())
-    if not isinstance(cfg, dict):
-        raise TuneforgeError(f"--launch-config: {str(path)!r} is not an Accelerate config mapping")
+    if not isinstance(cfg, dict) or not is_launch_config(cfg):
+        recipe_like = isinstance(cfg, dict) and "task" in cfg
+        hint = " (it is a tuneforge recipe; give it before --launch-config)" if recipe_like else ""
+        raise TuneforgeError(
+            f"--launch-config: {str(path)!r} is not an Accelerate config (no distributed_type){hint}; "
+            "see recipes/accelerate/"
+        )
     return cfg
 
 
@@ -146,10 +151,17 @@ def check_recipe(recipe: Recipe) -> Report:
         data_lib.check_source(recipe.data)
         for i, mix in enumerate(recipe.data.mix):
             data_lib.check_source(mix, f"data.mix[{i}].source")
+        source_ok = True
     except TuneforgeError as exc:
         report.errors.append(str(exc))
-    if data_lib.source_kind(recipe.data.source) == "hub":
+        source_ok = False
+    if source_ok and data_lib.source_kind(recipe.data.source) == "hub":
         report.notes.append(f"data.source {recipe.data.source!r} is a Hub dataset (needs network; not checked)")
+    if recipe.train.warmup_steps >= recipe.train.max_steps:
+        report.notes.append(
+            f"train.warmup_steps: {recipe.train.warmup_steps} >= train.max_steps {recipe.train.max_steps}, so the "
+            "learning rate never reaches train.learning_rate; lower warmup_steps for a full run"
+        )
     model = None
     try:
         model = _meta_model(recipe, task)
@@ -163,11 +175,11 @@ def check_recipe(recipe: Recipe) -> Report:
             report.errors.append(str(exc))
     if model is not None:
         if recipe.lora is not None and recipe.lora.target_modules != "auto":
-            available = modeling.linear_module_names(model)
+            available = modeling.lora_target_names(model)
             missing = [m for m in recipe.lora.target_modules if m not in available]
             if missing:
                 report.errors.append(
-                    f"lora.target_modules: {missing} not in {type(model).__name__}; its linear layers: {available}"
+                    f"lora.target_modules: {missing} not in {type(model).__name__}; it has {available}"
                 )
         config = model.config
         positions = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
@@ -184,11 +196,21 @@ def check_recipe(recipe: Recipe) -> Report:
     return report
 
 
+def _read_yaml(path: str) -> object:
+    try:
+        return yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError:
+        return None  # load_recipe reports the syntax error
+
+
 def validate_many(paths: list[str], overrides: list[str], launch_config: str | None = None) -> int:
     """Validate recipes; print one line per recipe (plus its problems). Returns the exit code (0 or 2)."""
     launch = load_launch_config(launch_config) if launch_config else None
     failed = 0
     for path in paths:
+        if Path(path).is_file() and path.endswith((".yaml", ".yml")) and is_launch_config(_read_yaml(path)):
+            print(f"skip {path} (an Accelerate launch config: use it as --launch-config)")
+            continue
         try:
             recipe = load_recipe(path, overrides)
             report = check_recipe(recipe)

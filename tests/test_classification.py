@@ -19,6 +19,7 @@ from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_su
 from pipelines import loop, runs
 from pipelines.cli import main as cli
 from pipelines.errors import TuneforgeError
+from pipelines.evaluation import eval_main
 from pipelines.recipe import build_recipe
 from pipelines.sources import split_for_key
 from pipelines.tasks import classification
@@ -359,6 +360,9 @@ def test_baseline_folder_shares_the_runs_test_split(lora_run, tiny_bert, data_fi
     assert metrics["scores"]["accuracy"] > 0.9  # the verb decides the label: TF-IDF finds it
     assert (folder / "confusion_matrix.png").is_file()
     assert metrics["metric_settings"]["labels"]["test"]["unseen"] == {UNSEEN: 2}
+    # `tuneforge eval` on the baseline folder: it has no model to score; say so (not "the run did not finish").
+    with pytest.raises(TuneforgeError, match="is a TF-IDF baseline"):
+        eval_main(str(folder), recipe_path=None, out=None, overrides=[])
     # Not a classification recipe: a clear error, exit 2.
     recipe_path.write_text(json.dumps({**json.loads(recipe_path.read_text()), "task": "causal_lm"}))
     assert cli(["baseline", str(recipe_path), "--overwrite"]) == 2

@@ -93,7 +93,7 @@ def test_gradient_checkpointing_with_lora_is_non_reentrant_with_input_grads(pret
     from pipelines import modeling
 
     model = modeling.load_model(str(pretrained), AutoModelForCausalLM)
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     model.enable_input_require_grads()
     recipe = build_recipe(LORA)
     peft = modeling.apply_lora(model, recipe.lora, "CAUSAL_LM")

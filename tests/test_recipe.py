@@ -95,3 +95,48 @@ def test_cli_train_missing_base_exit_2(tmp_path):
 def test_cli_missing_recipe_file():
     result = _cli("validate", "recipes/nope.yaml")
     assert result.returncode == 2 and "no such file" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("data.columns.prompt=name_lin", "data.columns.prompt: no column 'name_lin' in 'manpages'; did you mean"),
+        ("model.base=", "model.base: empty; give a Hub id"),
+        ("model.base=.", "model.base: '.' is a folder without a model (no config.json)"),
+        ("output.name=../elsewhere", "output.name: must be one folder name (no '/', not '.' or '..')"),
+        ("task=clasification", "task: unknown value 'clasification'; did you mean 'classification'?"),
+        ("lora.target_modules=5", "lora.target_modules: expected 'auto' or a list of str (got 5)"),
+        ("data.source=manpagez", "data.source: unknown source 'manpagez'; did you mean 'manpages'?"),
+    ],
+)
+def test_validate_catches_what_would_fail_later(override, message, monkeypatch, capsys):
+    monkeypatch.chdir(ROOT)
+    assert validate_many(["recipes/gpt/lora-manpages.yaml"], [override]) == 2
+    out = capsys.readouterr().out
+    assert message in out
+    assert "note:" not in out  # no note contradicting the error (e.g. "is a Hub dataset")
+
+
+def test_validate_notes_a_warmup_longer_than_the_run(monkeypatch, capsys):
+    monkeypatch.chdir(ROOT)
+    assert validate_many(["recipes/gpt/lora-manpages.yaml"], ["train.max_steps=10", "train.warmup_steps=20"]) == 0
+    assert "note: train.warmup_steps: 20 >= train.max_steps 10" in capsys.readouterr().out
+
+
+def test_launch_configs_are_not_recipes(monkeypatch, capsys):
+    monkeypatch.chdir(ROOT)
+    # `tuneforge validate recipes/*/*.yaml` also matches recipes/accelerate/: skipped with a pointer, not failed.
+    assert validate_many(["recipes/accelerate/fsdp.yaml", "recipes/gpt/lora-manpages.yaml"], []) == 0
+    assert "skip recipes/accelerate/fsdp.yaml (an Accelerate launch config: use it as --launch-config)" in (
+        capsys.readouterr().out
+    )
+    with pytest.raises(TuneforgeError, match="is an Accelerate launch config, not a recipe"):
+        load_recipe("recipes/accelerate/fsdp.yaml")
+    with pytest.raises(TuneforgeError, match="it is a tuneforge recipe; give it before --launch-config"):
+        validate_many(["recipes/gpt/lora-manpages.yaml"], [], launch_config="recipes/gpt/lora-manpages.yaml")
+
+
+def test_cli_data_limit_must_be_positive():
+    result = _cli("data", "manpages", "--limit", "-1")
+    assert result.returncode == 2
+    assert "argument --limit: expected a whole number >= 1, got '-1'" in result.stderr

@@ -392,6 +392,30 @@ def test_rows_are_sorted_by_split_key(tmp_path):
         assert all(split_for_key(n) == split for n in names)
 
 
+def test_data_splits_remap_built_in_and_local_sources(tmp_path):
+    """`data.splits.test=validation` scores the validation rows (and says so), for every kind of source."""
+    from pipelines import data as data_lib
+    from pipelines.recipe import build_recipe
+
+    dump = tmp_path / "dumpavail.txt"
+    dump.write_text("\n".join(f"Package: pkg{i}\nSection: utils\nDescription: Package {i}\n" for i in range(300)))
+    local = tmp_path / "rows.jsonl"
+    local.write_text("".join(f'{{"text": "row {i}", "label": "a"}}\n' for i in range(300)))
+    for source, params, columns in [("debian-packages", {"root": str(dump)}, {"text": "package", "label": "section"}),
+                                    (str(local), {}, {"text": "text", "label": "label"})]:
+        raw = {"task": "classification", "model": {"base": "gpt2"},
+               "data": {"source": source, "params": params, "columns": columns}}
+        plain = data_lib.load_data(build_recipe(raw).data)
+        remapped = build_recipe(raw, ["data.splits.test=validation"]).data
+        dd = data_lib.load_data(remapped)
+        assert dd["test"]["text" if source == str(local) else "package"] == plain["validation"][
+            "text" if source == str(local) else "package"]
+        assert dd["train"].num_rows == plain["train"].num_rows
+        assert data_lib.dataset_info(remapped, "classification", dd["test"])["split"] == "validation"
+    with pytest.raises(TuneforgeError, match="data.splits.test: .* has no split 'dev'"):
+        data_lib.load_data(build_recipe(raw, ["data.splits.test=dev"]).data)
+
+
 def test_unknown_source_did_you_mean():
     with pytest.raises(TuneforgeError, match=r"'manpage'.*did you mean 'manpages'"):
         load_source("manpage")
