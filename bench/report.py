@@ -84,10 +84,10 @@ def targets(result: dict) -> list[dict]:
                 add(f"{fam}: held-out loss difference to {LABELS[peer]} (nats) within noise",
                     abs(tf["heldout_loss"] - configs[peer]["mean"]["heldout_loss"]), noise, higher=False, unit="")
         add(f"{fam}: padding fraction (tuneforge)", tf["padding_fraction"] if tf else None, 0.10, higher=False,
-            unit="")
+            unit="%")
     causal = fams.get("causal_lm", {}).get("configs", {}).get("tuneforge", {}).get("mean")
     if causal:
-        add("causal_lm: MFU of tiny-GPT pretraining vs in-run matmul", causal["mfu"], 0.5, unit="")
+        add("causal_lm: MFU of tiny-GPT pretraining vs in-run matmul", causal["mfu"], 0.5, unit="%")
     speed = result.get("evalspeed") or {}
     if "speedup" in speed:
         add("seq2seq: batched generation vs one at a time", speed["speedup"], 3.0)
@@ -106,6 +106,8 @@ def _fmt(value: float | None, unit: str = "") -> str:
         return "-"
     if unit == "x":
         return f"{value:.2f}x"
+    if unit == "%":
+        return f"{value:.2%}"
     return f"{value:.3f}"
 
 
