@@ -47,12 +47,17 @@ def score_model(recipe: Recipe, model: str) -> tuple[dict, object]:
 def eval_main(target: str, *, recipe_path: str | None, out: str | None, overrides: list[str]) -> int:
     """Entry of `tuneforge eval`; prints the scores. Returns the exit code.
 
+    A run folder is rescored in place. Scored another way (overrides that change its recipe, e.g.
+    `data.splits.test=validation`, or `--out`), the scores go to a run-like folder of their own
+    (default `<run>-on-<split>`, or `<run>-eval-<recipe hash>`) and the run's own scores stay as they are.
+
     Raises:
-        TuneforgeError: a model without --recipe, a run without a saved model.
+        TuneforgeError: a model without --recipe, a run without a saved model, a baseline folder, an --out folder
+            that holds something else.
     """
     target_path = Path(target)
     if (target_path / "recipe.yaml").is_file() and recipe_path is None:
-        recipe = runs.load_run_recipe(target_path)
+        recipe = trained = runs.load_run_recipe(target_path)
         if overrides:
             from pipelines.recipe import build_recipe
 
@@ -70,6 +75,17 @@ def eval_main(target: str, *, recipe_path: str | None, out: str | None, override
         if recipe.model.base and recipe.eval.score_base:  # the base on the very same split, not a stale score
             metrics["base_scores"] = score_model(recipe, recipe.model.base)[0]["scores"]
         dest = target_path
+        if out or recipe.hash() != trained.hash():
+            split = recipe.data.splits.get("test", "test")
+            suffix = f"on-{split}" if split != "test" else f"eval-{recipe.hash()[7:15]}"
+            dest = Path(out) if out else target_path.parent / f"{target_path.name}-{suffix}"
+            if dest.exists() and (runs.read_metrics(dest) or {}).get("scored_from") is None:
+                raise TuneforgeError(f"--out: {str(dest)!r} exists and is not an earlier `tuneforge eval` output; "
+                                     "give another --out")
+            metrics.update(run=dest.name, scored_from=str(target_path), recipe_hash=recipe.hash())
+            if Accelerator().is_main_process:
+                dest.mkdir(parents=True, exist_ok=True)
+                (dest / "recipe.yaml").write_text(recipe.to_yaml())
     else:
         if recipe_path is None:
             raise TuneforgeError(f"eval: {target!r} is not a run folder; to score a model give --recipe RECIPE")

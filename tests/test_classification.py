@@ -283,6 +283,14 @@ def test_eval_rescores_a_run_exactly_and_redraws_its_confusion_matrix(lora_run, 
     assert after["train"] == before["train"]  # the training record is kept
     assert read_predictions(run) == read_predictions(lora_run)
     assert (run / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Scored on another split: a folder of its own, the run's test scores untouched.
+    kept = (run / "metrics.json").read_bytes()
+    assert cli(["eval", str(run), "data.splits.test=validation", "eval.score_base=false"]) == 0
+    assert (run / "metrics.json").read_bytes() == kept
+    other = runs.read_metrics(tmp_path / "copy-on-validation")
+    assert other["dataset"]["split"] == "validation" and other["scored_from"] == str(run)
+    assert other["dataset"]["fingerprint"] != after["dataset"]["fingerprint"]
+    assert len(read_predictions(tmp_path / "copy-on-validation")) == other["dataset"]["num_examples"]
 
 
 def test_predictions_do_not_depend_on_batch_size_or_padding(lora_run):
