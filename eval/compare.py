@@ -616,8 +616,11 @@ def compare_main(
             f"no run folders (with metrics.json or recipe.yaml) under {', '.join(map(str, paths))}; "
             "train one with `tuneforge train RECIPE` or pass the folder that holds your runs"
         )
-    tables = build_tables(runs)
     out = Path(out) if out is not None else None
+    if out is not None and ((out.parent / "recipe.yaml").is_file() or (out.parent / "metrics.json").is_file()):
+        raise TuneforgeError(f"--out: {str(out)!r} is inside a run folder (it would replace the run's files); "
+                             "write the tables next to the runs instead, e.g. runs/compare.html")
+    tables = build_tables(runs)
     if charts_dir is None:
         charts_dir = (out.parent if out is not None else paths[0]) / "compare"
     charts = {table.id: bar_chart_png(table, Path(charts_dir) / chart_name(table)) for table in tables}

@@ -81,8 +81,10 @@ def cmd_train(args) -> int:
         primary = metrics["primary_metric"]
         base = (metrics.get("base_scores") or {}).get(primary)
         shown = f"{primary} {metrics['scores'][primary]:.4g}" + (f" (base {base:.4g})" if base is not None else "")
-        print(f"{run_dir}: {shown}; {metrics['train']['seconds']:.0f} s, "
-              f"{metrics['train']['nonpad_tokens_per_s']:.0f} tokens/s")
+        t = metrics["train"]
+        rate = (f"{t['examples_per_s']:.1f} examples/s" if recipe.task == "classification"
+                else f"{t['nonpad_tokens_per_s']:.0f} non-padding tokens/s")
+        print(f"{run_dir}: {shown}; {t['seconds']:.0f} s, {rate}")
     return 0
 
 

@@ -83,6 +83,8 @@ def eval_main(target: str, *, recipe_path: str | None, out: str | None, override
                 raise TuneforgeError(f"--out: {str(dest)!r} exists and is not an earlier `tuneforge eval` output; "
                                      "give another --out")
             metrics.update(run=dest.name, scored_from=str(target_path), recipe_hash=recipe.hash())
+            if not (recipe.model.base and recipe.eval.score_base):
+                metrics["base_scores"] = None  # the run's were on other rows
             if Accelerator().is_main_process:
                 dest.mkdir(parents=True, exist_ok=True)
                 (dest / "recipe.yaml").write_text(recipe.to_yaml())

@@ -58,6 +58,8 @@ def resolve_base(base: str, field: str = "model.base") -> str:
     if path.is_dir():
         model_dir = path / "model" if (path / "model").is_dir() else path
         if not any((model_dir / name).is_file() for name in ("config.json", "adapter_config.json")):
+            if '"method": "baseline"' in _read_text(path / "metrics.json"):
+                raise TuneforgeError(f"{field}: {base!r} is a TF-IDF baseline, which has no model; pick a trained run")
             if (path / "recipe.yaml").is_file():
                 raise TuneforgeError(
                     f"{field}: {base!r} is a run that has not finished (no model/ yet); finish it with "
@@ -68,11 +70,22 @@ def resolve_base(base: str, field: str = "model.base") -> str:
                 "a folder written by save_pretrained, a Hub id, or one of " + ", ".join(sorted(ALIASES))
             )
         return str(model_dir)
+    if path.is_file():
+        raise TuneforgeError(
+            f"{field}: {base!r} is a file; give a model folder or a run folder (a recipe trains into "
+            "<output.dir>/<output.name>, e.g. runs/gpt-pretrain-tiny)"
+        )
     first = Path(base).parts[0] if Path(base).parts else ""
     if base.startswith((".", "/", "~")) or (len(Path(base).parts) > 1 and Path(first).is_dir()) or first == "runs":
         hint = producing_recipe_hint(base)
         raise TuneforgeError(f"{field}: {base!r} does not exist. {hint}".rstrip())
+    if "/" not in base and (Path("runs") / base).is_dir():
+        raise TuneforgeError(f"{field}: {base!r} is not a folder here; did you mean 'runs/{base}'?")
     return base  # a Hub id
+
+
+def _read_text(path: Path) -> str:
+    return path.read_text(errors="replace") if path.is_file() else ""
 
 
 def producing_recipe_hint(base: str) -> str:
@@ -97,8 +110,19 @@ def is_adapter(model_dir: str | Path) -> bool:
 
 
 def load_tokenizer(base: str) -> PreTrainedTokenizerBase:
-    """The base's tokenizer; a pad token is added as EOS only when the tokenizer has none (labels never use it)."""
-    tok = AutoTokenizer.from_pretrained(resolve_base(base), trust_remote_code=False)
+    """The base's tokenizer; a pad token is added as EOS only when the tokenizer has none (labels never use it).
+
+    Raises:
+        TuneforgeError: see `resolve_base`; or a Hub id that is neither cached nor reachable (offline).
+    """
+    path = resolve_base(base)
+    try:
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    except OSError as exc:
+        raise TuneforgeError(
+            f"model.base: cannot load {base!r}: not a local folder, run or alias, and not in the Hugging Face cache "
+            f"with the Hub unreachable ({type(exc).__name__}); give a local model or a run folder such as runs/NAME"
+        ) from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok

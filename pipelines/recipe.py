@@ -383,10 +383,17 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         TuneforgeError: missing file, YAML syntax error, or schema problems (all listed together).
     """
     path = Path(path)
+    if path.is_dir():
+        inside = [str(p) for p in sorted(path.glob("*.yaml"))[:3]] or ["recipes/gpt/lora-manpages.yaml"]
+        raise TuneforgeError(f"recipe {str(path)!r} is a folder; give a recipe file, e.g. {', '.join(inside)}")
     if not path.is_file():
         raise TuneforgeError(f"recipe {str(path)!r}: no such file; recipes live under recipes/ (e.g. recipes/gpt/)")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise TuneforgeError(
+            f"recipe {str(path)!r}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8"
+        ) from None
     except yaml.YAMLError as exc:
         raise TuneforgeError(f"recipe {str(path)!r}: not valid YAML: {exc}") from None
     return build_recipe(raw, overrides, origin=str(path))

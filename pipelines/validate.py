@@ -8,6 +8,7 @@ gradient checkpointing).
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -147,6 +148,12 @@ def check_recipe(recipe: Recipe) -> Report:
     for role in task.roles:
         if role not in recipe.data.columns:
             report.errors.append(f"data.columns.{role}: task {recipe.task!r} needs it (the column holding {role})")
+    known_roles = [*task.roles, *task.optional_roles]
+    for role in recipe.data.columns:
+        if role not in known_roles:
+            close = difflib.get_close_matches(role, known_roles, n=1)
+            hint = f"did you mean 'data.columns.{close[0]}'?" if close else f"task {recipe.task!r} uses {known_roles}"
+            report.errors.append(f"data.columns.{role}: not a role of task {recipe.task!r}; {hint}")
     try:
         data_lib.check_source(recipe.data)
         for i, mix in enumerate(recipe.data.mix):
@@ -169,7 +176,7 @@ def check_recipe(recipe: Recipe) -> Report:
             report.notes.append(f"model.base {recipe.model.base!r} is a Hub id (needs network; not loaded)")
     except TuneforgeError as exc:
         hint = modeling.producing_recipe_hint(recipe.model.base or "")
-        if recipe.model.base and "Train it first" in hint:
+        if recipe.model.base and "Train it first" in hint and "does not exist" in str(exc):
             report.notes.append(f"model.base {recipe.model.base!r} is not trained yet. {hint}")
         else:
             report.errors.append(str(exc))

@@ -16,7 +16,7 @@ import torch
 from safetensors import safe_open
 from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
 
-from pipelines import loop, runs
+from pipelines import loop, modeling, runs
 from pipelines.cli import main as cli
 from pipelines.errors import TuneforgeError
 from pipelines.evaluation import eval_main
@@ -289,6 +289,7 @@ def test_eval_rescores_a_run_exactly_and_redraws_its_confusion_matrix(lora_run, 
     assert (run / "metrics.json").read_bytes() == kept
     other = runs.read_metrics(tmp_path / "copy-on-validation")
     assert other["dataset"]["split"] == "validation" and other["scored_from"] == str(run)
+    assert other["base_scores"] is None  # the run's base scores were on the test rows: not carried over
     assert other["dataset"]["fingerprint"] != after["dataset"]["fingerprint"]
     assert len(read_predictions(tmp_path / "copy-on-validation")) == other["dataset"]["num_examples"]
 
@@ -371,6 +372,8 @@ def test_baseline_folder_shares_the_runs_test_split(lora_run, tiny_bert, data_fi
     # `tuneforge eval` on the baseline folder: it has no model to score; say so (not "the run did not finish").
     with pytest.raises(TuneforgeError, match="is a TF-IDF baseline"):
         eval_main(str(folder), recipe_path=None, out=None, overrides=[])
+    with pytest.raises(TuneforgeError, match="is a TF-IDF baseline, which has no model"):
+        modeling.resolve_base(str(folder))
     # Not a classification recipe: a clear error, exit 2.
     recipe_path.write_text(json.dumps({**json.loads(recipe_path.read_text()), "task": "causal_lm"}))
     assert cli(["baseline", str(recipe_path), "--overwrite"]) == 2

@@ -195,6 +195,12 @@ def test_compare_main_markdown_and_errors(runs_dir, tmp_path):
     with pytest.raises(TuneforgeError, match="no run folders"):
         compare_main([tmp_path / "empty"])
     assert render_html([], []).count("No finished runs") == 1
+    # --out inside a run folder would replace the run's own files: refused, the file kept.
+    run = next(p.parent for p in sorted(runs_dir.glob("*/metrics.json")))
+    kept = (run / "metrics.json").read_bytes()
+    with pytest.raises(TuneforgeError, match="is inside a run folder"):
+        compare_main([runs_dir], out=run / "metrics.json")
+    assert (run / "metrics.json").read_bytes() == kept
 
 
 def test_trainable_share_reads_as_a_plain_percentage(tmp_path):

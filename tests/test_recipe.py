@@ -140,3 +140,25 @@ def test_cli_data_limit_must_be_positive():
     result = _cli("data", "manpages", "--limit", "-1")
     assert result.returncode == 2
     assert "argument --limit: expected a whole number >= 1, got '-1'" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("data.columns.textpair=synopsis", "data.columns.textpair: not a role of task 'causal_lm'"),
+        ("model.base=recipes/gpt/pretrain-tiny.yaml", "is a file; give a model folder or a run folder"),
+    ],
+)
+def test_validate_rejects_roles_the_task_ignores_and_files_as_bases(override, message, monkeypatch, capsys):
+    monkeypatch.chdir(ROOT)
+    assert validate_many(["recipes/gpt/lora-manpages.yaml"], [override]) == 2
+    assert message in capsys.readouterr().out
+
+
+def test_recipe_that_is_not_utf8_or_is_a_folder(tmp_path):
+    bad = tmp_path / "latin1.yaml"
+    bad.write_bytes(b"# M\xfcller\ntask: causal_lm\n")
+    with pytest.raises(TuneforgeError, match="not UTF-8 text"):
+        load_recipe(bad)
+    with pytest.raises(TuneforgeError, match="is a folder; give a recipe file, e.g. .*latin1.yaml"):
+        load_recipe(tmp_path)
