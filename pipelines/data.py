@@ -39,16 +39,9 @@ def check_source(spec: SourceSpec, field: str = "data.source") -> None:
             `columns` entry naming a column the built-in source does not have.
     """
     kind = source_kind(spec.source)
-    if kind == "builtin":
+    if kind == "builtin":  # its columns are known without loading it
         lang = str(spec.params.get("lang", "de"))
-        have = [c.format(lang=lang) for c in SOURCES[spec.source].columns]
-        prefix = field.removesuffix(".source")
-        for role, names in spec.columns.items():
-            for name in [names] if isinstance(names, str) else names:
-                if name not in have:
-                    close = difflib.get_close_matches(name, have, n=1)
-                    hint = f"did you mean {close[0]!r}?" if close else f"{spec.source!r} has {have}"
-                    raise TuneforgeError(f"{prefix}.columns.{role}: no column {name!r} in {spec.source!r}; {hint}")
+        check_columns(spec, [c.format(lang=lang) for c in SOURCES[spec.source].columns], field.removesuffix(".source"))
     if kind == "local" and not Path(spec.source).expanduser().exists():
         raise TuneforgeError(f"{field}: {spec.source!r} does not exist; give a json/jsonl/csv/parquet/txt file")
     if kind == "hub" and "/" not in spec.source:
@@ -98,30 +91,30 @@ def load_spec(spec: SourceSpec, splits: dict[str, str] | None = None) -> dataset
     elif kind == "local":
         dd = _load_local(Path(spec.source).expanduser())
     else:
-        return _check_columns(_load_hub(spec, splits or {s: s for s in SPLITS}), spec)
-    for ours, theirs in (splits or {}).items():
-        if theirs not in SPLITS:
-            raise TuneforgeError(f"data.splits.{ours}: {spec.source!r} has no split {theirs!r}; it has {list(SPLITS)}")
-    dd = datasets.DatasetDict({ours: dd[(splits or {}).get(ours, ours)] for ours in SPLITS})
-    return _check_columns(dd, spec)
+        dd = _load_hub(spec, splits or {s: s for s in SPLITS})
+    if kind != "hub":  # built-in and local sources come as train/validation/test; `data.splits` may remap them
+        for ours, theirs in (splits or {}).items():
+            if theirs not in SPLITS:
+                raise TuneforgeError(
+                    f"data.splits.{ours}: {spec.source!r} has no split {theirs!r}; it has {list(SPLITS)}"
+                )
+        dd = datasets.DatasetDict({ours: dd[(splits or {}).get(ours, ours)] for ours in SPLITS})
+    check_columns(spec, dd["train"].column_names)
+    return dd
 
 
-def _check_columns(dd: datasets.DatasetDict, spec: SourceSpec) -> datasets.DatasetDict:
-    """`dd` itself, once every column the recipe names is known to exist.
+def check_columns(spec: SourceSpec, available: list[str], prefix: str = "data") -> None:
+    """Every column the recipe's `columns` names is among `available`.
 
     Raises:
-        TuneforgeError: a `columns` entry naming a missing column (with did-you-mean).
+        TuneforgeError: the first missing one, with did-you-mean (or the columns there are).
     """
-    available = dd["train"].column_names
     for role, cols in spec.columns.items():
         for col in [cols] if isinstance(cols, str) else cols:
             if col not in available:
                 close = difflib.get_close_matches(col, available, n=1)
-                hint = f"did you mean {close[0]!r}? " if close else ""
-                raise TuneforgeError(
-                    f"data.columns.{role}: column {col!r} not in {spec.source!r}; {hint}columns: {available}"
-                )
-    return dd
+                hint = f"did you mean {close[0]!r}?" if close else f"its columns: {available}"
+                raise TuneforgeError(f"{prefix}.columns.{role}: no column {col!r} in {spec.source!r}; {hint}")
 
 
 def _documents(dd: datasets.DatasetDict, spec: SourceSpec) -> datasets.DatasetDict:

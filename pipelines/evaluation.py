@@ -63,7 +63,7 @@ def eval_main(target: str, *, recipe_path: str | None, out: str | None, override
 
             recipe = build_recipe(recipe.model_dump(mode="json"), overrides)
         if not (target_path / "model").is_dir():
-            if (runs.read_metrics(target_path) or {}).get("method") == "baseline":
+            if runs.is_baseline(target_path):
                 raise TuneforgeError(
                     f"{target!r} is a TF-IDF baseline (no model to score); rerun it with "
                     f"`tuneforge baseline {target_path / 'recipe.yaml'} --out {target} --overwrite`"
@@ -76,7 +76,7 @@ def eval_main(target: str, *, recipe_path: str | None, out: str | None, override
             metrics["base_scores"] = score_model(recipe, recipe.model.base)[0]["scores"]
         dest = target_path
         if out or recipe.hash() != trained.hash():
-            split = recipe.data.splits.get("test", "test")
+            split = fields["dataset"]["split"]
             suffix = f"on-{split}" if split != "test" else f"eval-{recipe.hash()[7:15]}"
             dest = Path(out) if out else target_path.parent / f"{target_path.name}-{suffix}"
             if dest.exists() and (runs.read_metrics(dest) or {}).get("scored_from") is None:

@@ -16,6 +16,7 @@ from peft import PeftModel, get_peft_model
 from transformers import AutoConfig, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.pytorch_utils import Conv1D
 
+from pipelines import runs
 from pipelines.errors import TuneforgeError
 from pipelines.recipe import LoraConfig, Recipe
 
@@ -58,7 +59,7 @@ def resolve_base(base: str, field: str = "model.base") -> str:
     if path.is_dir():
         model_dir = path / "model" if (path / "model").is_dir() else path
         if not any((model_dir / name).is_file() for name in ("config.json", "adapter_config.json")):
-            if '"method": "baseline"' in _read_text(path / "metrics.json"):
+            if runs.is_baseline(path):
                 raise TuneforgeError(f"{field}: {base!r} is a TF-IDF baseline, which has no model; pick a trained run")
             if (path / "recipe.yaml").is_file():
                 raise TuneforgeError(
@@ -82,10 +83,6 @@ def resolve_base(base: str, field: str = "model.base") -> str:
     if "/" not in base and (Path("runs") / base).is_dir():
         raise TuneforgeError(f"{field}: {base!r} is not a folder here; did you mean 'runs/{base}'?")
     return base  # a Hub id
-
-
-def _read_text(path: Path) -> str:
-    return path.read_text(errors="replace") if path.is_file() else ""
 
 
 def producing_recipe_hint(base: str) -> str:

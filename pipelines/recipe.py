@@ -350,6 +350,10 @@ def _merge(base: dict, extra: dict) -> dict:
     return out
 
 
+class LaunchConfigNotRecipe(TuneforgeError):
+    """An Accelerate launch config where a recipe was expected (`validate recipes/*/*.yaml` skips these)."""
+
+
 def is_launch_config(raw: object) -> bool:
     """True for a mapping that `accelerate config` wrote (it names a compute environment or distributed type)."""
     return isinstance(raw, dict) and bool({"compute_environment", "distributed_type"} & set(raw))
@@ -364,7 +368,7 @@ def build_recipe(raw: dict, overrides: list[str] | None = None, *, origin: str =
     if not isinstance(raw, dict):
         raise TuneforgeError(f"{origin}: expected a YAML mapping of sections (task, model, data, ...)")
     if is_launch_config(raw):
-        raise TuneforgeError(
+        raise LaunchConfigNotRecipe(
             f"{origin}: this is an Accelerate launch config, not a recipe; pass it as "
             "`accelerate launch --config_file` (or `tuneforge validate RECIPE --launch-config` it)"
         )

@@ -38,6 +38,11 @@ def read_metrics(run_dir: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def is_baseline(run_dir: Path) -> bool:
+    """A `tuneforge baseline` folder (scores and predictions of TF-IDF + logistic regression, no model)."""
+    return (read_metrics(run_dir) or {}).get("method") == "baseline"
+
+
 def is_finished(run_dir: Path) -> bool:
     metrics = read_metrics(run_dir)
     return bool(metrics) and metrics.get("status") == "finished"

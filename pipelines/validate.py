@@ -18,7 +18,7 @@ import yaml
 from pipelines import data as data_lib
 from pipelines import modeling
 from pipelines.errors import TuneforgeError
-from pipelines.recipe import Recipe, is_launch_config, load_recipe
+from pipelines.recipe import LaunchConfigNotRecipe, Recipe, is_launch_config, load_recipe
 
 GENERATION_TASKS = ("seq2seq", "chat")
 
@@ -203,26 +203,19 @@ def check_recipe(recipe: Recipe) -> Report:
     return report
 
 
-def _read_yaml(path: str) -> object:
-    try:
-        return yaml.safe_load(Path(path).read_text())
-    except yaml.YAMLError:
-        return None  # load_recipe reports the syntax error
-
-
 def validate_many(paths: list[str], overrides: list[str], launch_config: str | None = None) -> int:
     """Validate recipes; print one line per recipe (plus its problems). Returns the exit code (0 or 2)."""
     launch = load_launch_config(launch_config) if launch_config else None
     failed = 0
     for path in paths:
-        if Path(path).is_file() and path.endswith((".yaml", ".yml")) and is_launch_config(_read_yaml(path)):
-            print(f"skip {path} (an Accelerate launch config: use it as --launch-config)")
-            continue
         try:
             recipe = load_recipe(path, overrides)
             report = check_recipe(recipe)
             if launch is not None:
                 report.errors += check_launch(recipe, launch)
+        except LaunchConfigNotRecipe:
+            print(f"skip {path} (an Accelerate launch config: use it as --launch-config)")
+            continue
         except TuneforgeError as exc:
             report = Report(errors=[str(exc)])
         status = "FAIL" if report.errors else "ok"

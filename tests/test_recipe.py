@@ -150,5 +150,14 @@ def test_recipe_that_is_not_utf8_or_is_a_folder(tmp_path):
     bad.write_bytes(b"# M\xfcller\ntask: causal_lm\n")
     with pytest.raises(TuneforgeError, match="not UTF-8 text"):
         load_recipe(bad)
+    assert validate_many([str(bad)], []) == 2  # reported as a failed recipe, not a traceback
     with pytest.raises(TuneforgeError, match="is a folder; give a recipe file, e.g. .*latin1.yaml"):
         load_recipe(tmp_path)
+
+
+def test_lora_may_target_embedding_layers(monkeypatch, capsys):
+    monkeypatch.chdir(ROOT)
+    recipe = "recipes/classifier/minilm-lora-sections.yaml"
+    assert validate_many([recipe], ["lora.target_modules=[query, value, word_embeddings]"]) == 0
+    assert validate_many([recipe], ["lora.target_modules=[query, word_embedings]"]) == 2
+    assert "['word_embedings'] not in BertForSequenceClassification; it has [" in capsys.readouterr().out
