@@ -164,7 +164,7 @@ def test_manpages_skip_counts(man_tree):
 def test_manpages_cache_is_reused_and_invalidated(man_tree, monkeypatch):
     first = load_source("manpages", root=man_tree)
     calls = []
-    monkeypatch.setattr(sources, "_parse_man_file", lambda path: calls.append(path) or (None, "x"))
+    monkeypatch.setattr(sources.manpages, "_parse_man_file", lambda path: calls.append(path) or (None, "x"))
     again = load_source("manpages", root=man_tree)
     assert calls == [] and fingerprint(again["train"]) == fingerprint(first["train"])
     _write_man(man_tree, "man1/new.1.gz", ".SH NAME\nnew \\- a new page\n.SH DESCRIPTION\nNew.\n")
