@@ -11,7 +11,6 @@ gives an English text wins.
 
 from __future__ import annotations
 
-import codecs
 import logging
 import re
 import struct
@@ -19,13 +18,14 @@ from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
+import polib
+
 from pipelines.errors import TuneforgeError
 from pipelines.sources.record import _file_identity, _stats
 
 logger = logging.getLogger("pipelines.sources")
 _WS = re.compile(r"\s+")
 
-_MO_MAGIC = 0x950412DE
 _LANG_RE = re.compile(r"^[A-Za-z]{2,3}(?:_[A-Za-z0-9]{2,4})?(?:@[A-Za-z0-9]+)?$")
 # printf conversions (%s, %1$-10lu, %%, %.*s), Python/brace fields ({0}, {name}) and $VAR / ${VAR}.
 _FORMAT_SPEC = re.compile(
@@ -44,57 +44,36 @@ def _check_lang(lang: str) -> None:
 
 
 def read_mo(data: bytes) -> list[tuple[str, str, str, list[str]]]:
-    """Parse a GNU .mo catalog (either byte order) into (context, msgid, msgid_plural, msgstrs) entries.
+    """Parse a GNU .mo catalog (either byte order) into (context, msgid, msgid_plural, msgstrs) entries, with polib.
 
-    The header entry (empty msgid) is returned too; its Content-Type charset decodes all other strings.
+    polib decodes the strings with the charset of the catalog's header. Its header (the empty msgid, which polib
+    keeps as metadata) comes first, as ("", "", "", [header text]), so callers see every entry of the file.
 
     Args:
         data: the whole .mo file.
 
     Returns:
-        Entries in file order (sorted by msgid bytes, as msgfmt writes them).
+        Entries in file order (sorted by msgid bytes, as msgfmt writes them); msgstrs has one string for a
+        singular entry and every plural form, in order, for a plural one.
 
     Raises:
-        ValueError: not a .mo file, an unknown major revision, a table pointing outside the file, or an unknown
-            charset.
+        ValueError: not a .mo file, an unknown revision, a table pointing outside the file, or an unknown charset.
     """
     if len(data) < 20:
         raise ValueError("too short for a .mo header")
-    for order in ("<", ">"):
-        if struct.unpack(order + "I", data[:4])[0] == _MO_MAGIC:
-            break
-    else:
-        raise ValueError("bad magic number")
-    revision, count, orig_offset, trans_offset = struct.unpack(order + "4I", data[4:20])
-    if revision >> 16 not in (0, 1):
-        raise ValueError(f"unknown major revision {revision >> 16}")
-    pairs = []
-    for i in range(count):
-        olen, ooff = struct.unpack_from(order + "2I", data, orig_offset + 8 * i)
-        tlen, toff = struct.unpack_from(order + "2I", data, trans_offset + 8 * i)
-        if ooff + olen > len(data) or toff + tlen > len(data):
-            raise ValueError("string table points outside the file")
-        pairs.append((data[ooff : ooff + olen], data[toff : toff + tlen]))
-    charset = "utf-8"
-    for msgid, msgstr in pairs:
-        if msgid == b"":
-            match = re.search(rb"charset=([A-Za-z0-9_.:-]+)", msgstr)
-            if match and match.group(1).upper() != b"CHARSET":
-                charset = match.group(1).decode("ascii")
     try:
-        codecs.lookup(charset)
-    except LookupError as err:
-        raise ValueError(f"unknown charset {charset!r}") from err
+        catalog = polib.mofile(data)
+    except (OSError, UnicodeDecodeError, LookupError, struct.error, IndexError) as err:
+        raise ValueError(str(err) or type(err).__name__) from err
     entries = []
-    for msgid, msgstr in pairs:
-        context, _, ident = msgid.rpartition(b"\x04")
-        singular, _, plural = ident.partition(b"\x00")
-        entries.append((
-            context.decode(charset, "replace"),
-            singular.decode(charset, "replace"),
-            plural.decode(charset, "replace"),
-            [s.decode(charset, "replace") for s in msgstr.split(b"\x00")],
-        ))
+    if catalog.metadata:
+        entries.append(("", "", "", ["".join(f"{k}: {v}\n" for k, v in catalog.ordered_metadata())]))
+    for entry in catalog:
+        if entry.msgid_plural:
+            msgstrs = [entry.msgstr_plural[k] for k in sorted(entry.msgstr_plural)]
+        else:
+            msgstrs = [entry.msgstr]
+        entries.append((entry.msgctxt or "", entry.msgid, entry.msgid_plural or "", msgstrs))
     return entries
 
 

@@ -58,6 +58,9 @@ _SIMPLE = {
     "p": "", "z": "", "a": "", "r": "", "{": "", "}": "", "!": "", "?": "",
 }
 _WS = re.compile(r"\s+")
+# tbl: the `tab(x)` option of a table, and the T{ ... T} marks around a text block cell.
+_TBL_TAB = re.compile(r"\btab\s*\((.)\)")
+_TBL_BLOCK = re.compile(r"^T\}|T\{\s*$")
 
 
 def _unescape(text: str, strings: dict[str, str]) -> str:
@@ -203,6 +206,7 @@ class _RoffState:
     brace_skip: int = 0  # Depth of a false conditional's \{ ... \} block being skipped.
     last_ie: bool = True  # Outcome of the last .ie, for its .el.
     table_format: bool = False  # Inside .TS before the format lines end with ".".
+    table_tab: str | None = None  # Inside .TS ... .TE: the cell separator (tbl's `tab(@)` option, else a tab).
 
 
 def _condition(cond: str) -> bool:
@@ -275,6 +279,8 @@ def _roff_line(raw: str, state: _RoffState, sink: _TextSink, page_name: str) -> 
             state.skip_until = None
         return
     if state.table_format:
+        option = _TBL_TAB.search(raw)
+        state.table_tab = option.group(1) if option else state.table_tab
         state.table_format = not raw.rstrip().endswith(".")
         return
     if raw.startswith((".", "'")):
@@ -288,6 +294,10 @@ def _roff_line(raw: str, state: _RoffState, sink: _TextSink, page_name: str) -> 
         _request(name, args, rest, state, sink, page_name)
         return
     text = _strip_comment(raw)
+    if state.table_tab is not None:  # A table row: cells separated by spaces, tbl's T{ ... T} block marks dropped.
+        text = _TBL_BLOCK.sub("", text.replace(state.table_tab, " "))
+        if not text.strip():
+            return
     if not text.strip():
         if sink.fill and raw.strip() == "":
             sink.paragraph()  # A blank input line is a paragraph break in fill mode.
@@ -306,8 +316,10 @@ def _request(name: str, args: list[str], rest: str, state: _RoffState, sink: _Te
     elif name == "TS":
         sink.paragraph()
         state.table_format = True
+        state.table_tab = "\t"
         sink.fill = False
     elif name == "TE":
+        state.table_tab = None
         sink.paragraph()
         sink.fill = True
     elif name == "ds" and args:
