@@ -1,12 +1,12 @@
 """roff (man and mdoc macros) -> plain text: the NAME and DESCRIPTION sections of a manual page.
 
 A small interpreter rather than `groff -man -Tutf8`: it gives the same DESCRIPTION text on the pages checked
-(tests/test_sources.py compares it with groff on a fixed sample of installed pages) at a fraction of groff's
-cost, which matters when ~20k pages are parsed, and it needs no external program. It handles what man pages
-use for text: escapes, special characters and string registers, fill (`.fi`) and no-fill (`.nf`, example
-blocks keep their lines) modes, `.TP`/`.IP` tags on their own lines, nroff conditionals, macro definitions and
-tables (skipped as layout), and mdoc's semantic macros (see `pipelines.sources.mdoc`). Layout-only requests
-(indents, fonts, adjust modes) are ignored.
+(tests/test_sources.py compares it with groff on a fixed sample of installed pages) at a fraction of groff's cost,
+which matters when every installed page is parsed, and it needs no external program. It handles what man pages use
+for text: escapes, special characters and string registers, fill (`.fi`) and no-fill (`.nf`, example blocks keep
+their lines) modes, `.TP`/`.IP` tags on their own lines, nroff conditionals, macro definitions and tables (skipped
+as layout), and mdoc's semantic macros (see `pipelines.sources.mdoc`). Layout-only requests (indents, fonts, adjust
+modes) are ignored.
 """
 
 from __future__ import annotations
