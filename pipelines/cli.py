@@ -55,6 +55,8 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--limit", type=_positive_int, default=5, help="rows to show or write (default 5)")
     a.add_argument("--split", default="train", choices=["train", "validation", "test"])
     a.add_argument("--lang", default="de", help="gettext: target language")
+    a.add_argument("--near-duplicates", default="drop", choices=["drop", "keep"],
+                   help="manpages, manpages-chat: drop (default) or keep near-duplicate pages")
     a.add_argument("--out", help="write JSONL here instead of printing")
     return p
 
@@ -130,9 +132,16 @@ def cmd_demo(args) -> int:
 def cmd_data(args) -> int:
     import json
 
-    from pipelines.sources import load_source
+    from pipelines.sources import load_source, source_stats
 
-    ds = load_source(args.name, lang=args.lang)[args.split]
+    ds = load_source(args.name, lang=args.lang, near_duplicates=args.near_duplicates)[args.split]
+    stats = source_stats(args.name, lang=args.lang, near_duplicates=args.near_duplicates)
+    skipped = "; ".join(f"{n} {reason}" for reason, n in stats["skipped"].items())
+    print(f"# {args.name}: read {stats['read']}, kept {stats['kept']}; skipped: {skipped or 'none'}", file=sys.stderr)
+    if "near_duplicates" in stats:
+        groups = ", ".join(f"{key} x{n}" for key, n in stats["near_duplicates"]["largest_groups"])
+        print(f"# near-duplicates dropped: {stats['near_duplicates']['dropped']} (largest groups: {groups}); "
+              "--near-duplicates keep keeps them", file=sys.stderr)
     rows = ds.select(range(min(args.limit, len(ds))))
     if args.out:
         rows.to_json(args.out, lines=True, force_ascii=False)

@@ -87,7 +87,7 @@ def load_spec(spec: SourceSpec, splits: dict[str, str] | None = None) -> dataset
     check_source(spec)
     kind = source_kind(spec.source)
     if kind == "builtin":
-        dd = load_source(spec.source, **{k: v for k, v in spec.params.items()})
+        dd = load_source(spec.source, near_duplicates=spec.near_duplicates, **{k: v for k, v in spec.params.items()})
     elif kind == "local":
         dd = _load_local(Path(spec.source).expanduser())
     else:
@@ -182,7 +182,8 @@ def dataset_name(data: DataConfig, task: str) -> str:
     scores packed windows; chat packs its training split alone, so its name never says "packed".
     """
     def one(spec: SourceSpec) -> str:
-        params = ",".join(f"{k}={v}" for k, v in sorted(spec.params.items()))
+        kept = {"near_duplicates": "keep"} if spec.near_duplicates == "keep" else {}  # the default stays unnamed
+        params = ",".join(f"{k}={v}" for k, v in sorted({**spec.params, **kept}.items()))
         return f"{spec.source}({params})" if params else spec.source
 
     view = ", ".join(f"{role}={'+'.join([c] if isinstance(c, str) else c)}" for role, c in data.columns.items())

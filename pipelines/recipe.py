@@ -89,6 +89,10 @@ class SourceSpec(_Section):
     columns: dict[str, str | list[str]] = Field(
         default_factory=dict, description="task role -> column name(s), e.g. {prompt: name_line, text: description}"
     )
+    near_duplicates: Literal["drop", "keep"] = Field(
+        "drop", description="built-in manpages/manpages-chat: drop pages whose DESCRIPTION nearly repeats another "
+        "page's (pipelines/sources/near_duplicates.py), or keep them; other sources have none to drop"
+    )
 
 
 class DataConfig(SourceSpec):
