@@ -99,7 +99,7 @@ def flop_spec(model: torch.nn.Module) -> FlopSpec:
     if encoder_decoder:
         # BART-family configs say encoder_layers / decoder_layers; T5's say num_layers / num_decoder_layers.
         src_layers = getattr(config, "encoder_layers", None) or config.num_layers
-        tgt_layers = getattr(config, "decoder_layers", None) or getattr(config, "num_decoder_layers", None) or src_layers
+        tgt_layers = getattr(config, "decoder_layers", None) or getattr(config, "num_decoder_layers", None)
     else:
         src_layers, tgt_layers = config.num_hidden_layers, 0
     return FlopSpec(linear, int(src_layers), int(tgt_layers), int(d_attn), encoder_decoder)

@@ -12,15 +12,19 @@ temporary Hugging Face cache (huggingface_hub's layout), offline.
 from __future__ import annotations
 
 import json
+import os
 import random
-import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import tiny_hub
 import torch
 import yaml
 from peft import PeftModel
 from safetensors.torch import load_file
+from tiny_hub import ARCHS, NOUNS, VERBS, WORDS
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -32,10 +36,9 @@ from transformers import (
 )
 
 from pipelines import loop, modeling
-from pipelines.recipe import build_recipe, load_recipe
-from pipelines.validate import check_recipe
-import tiny_hub
-from tiny_hub import ARCHS, NOUNS, VERBS, WORDS
+from pipelines.data import source_kind
+from pipelines.errors import TuneforgeError
+from pipelines.recipe import build_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 AUTO = {"causal_lm": AutoModelForCausalLM, "chat": AutoModelForCausalLM, "seq2seq": AutoModelForSeq2SeqLM,
@@ -223,3 +226,95 @@ def test_classifier(name, tmp_path, data_file):
     for row, p in zip(rows, probs, strict=True):
         for label, q in row["probabilities"].items():
             assert abs(p[model.config.label2id[label]].item() - q) < 1e-5
+
+
+
+@pytest.mark.parametrize(("name", "template"), [("phi3", tiny_hub.PHI3_REAL_TEMPLATE),
+                                                ("qwen3", tiny_hub.QWEN3_REAL_TEMPLATE)])
+def test_templates_that_rewrite_earlier_turns_are_one_clear_error(name, template, tmp_path, data_file):
+    """Phi-3's template ends a conversation with EOS, Qwen3's gives only the final answer a <think> block: a
+    conversation's prefix then renders differently from the start of the whole conversation, so assistant turns
+    cannot be located. Training refuses with one message naming the setting and its fix, before any step."""
+    arch = ARCHS[name]
+    base = tiny_hub.save_checkpoint(arch, tmp_path / "base")
+    tok = AutoTokenizer.from_pretrained(base)
+    tok.chat_template = template
+    tok.save_pretrained(base)
+    messages = json.loads(data_file.read_text().splitlines()[0])["messages"]
+    whole = tok.apply_chat_template(messages, tokenize=False)
+    assert not whole.startswith(tok.apply_chat_template(messages[:2], tokenize=False))
+    raw = raw_recipe(arch, base, data_file, tmp_path / "runs")
+    with pytest.raises(TuneforgeError, match=r"^chat\.template: .*use chat\.template=chatml$"):
+        loop.train(build_recipe(raw), tmp_path / "runs" / name)
+    assert not (tmp_path / "runs" / name / "model").exists()
+    # With the recipe's fix, ChatML, the same checkpoint trains (its markers are added as new tokens).
+    raw["chat"]["template"] = "chatml"
+    metrics = loop.train(build_recipe(raw), tmp_path / "runs" / name, overwrite=True)
+    assert metrics["status"] == "finished" and metrics["params"]["trainable"] > 0
+
+# ---------------------------------------------------------------------------------------------------------------
+# recipes/hub/ against tiny copies of their architectures in a Hugging Face cache, offline
+
+# Hub id -> (architecture in ARCHS, the real checkpoint's position table, which recipes' max_length is checked on).
+HUB_COPIES = {
+    "facebook/bart-base": ("bart", {"max_position_embeddings": 1024}),
+    "distilbert-base-uncased": ("distilbert", {"max_position_embeddings": 512}),
+    "roberta-base": ("roberta", {"max_position_embeddings": 514}),
+    "HuggingFaceTB/SmolLM2-135M-Instruct": ("llama", {"max_position_embeddings": 8192}),  # Llama architecture
+}
+REVISION = "0123456789abcdef0123456789abcdef01234567"
+
+
+def populate_cache(cache: Path, repo_id: str) -> Path:
+    """A tiny checkpoint of `repo_id`'s architecture in huggingface_hub's cache layout:
+    `models--ORG--NAME/snapshots/<revision>/...` with `refs/main` naming that revision."""
+    name, config = HUB_COPIES[repo_id]
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    tiny_hub.save_checkpoint(ARCHS[name], repo / "snapshots" / REVISION, **config)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(REVISION)
+    return repo
+
+
+def validate(cache: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "pipelines.cli", "validate", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_hub_recipes_validate_against_cached_copies_of_their_architectures(tmp_path):
+    recipes = sorted((ROOT / "recipes" / "hub").glob("*.yaml"))
+    bases = {str(path): yaml.safe_load(path.read_text())["model"]["base"] for path in recipes}
+    assert set(bases.values()) <= set(HUB_COPIES), "give every recipes/hub/ base a tiny copy in HUB_COPIES"
+    cache = tmp_path / "hub"
+    for repo_id in set(bases.values()):
+        populate_cache(cache, repo_id)
+
+    result = validate(cache, *bases)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    for path in bases:
+        assert f"ok   {path}" in lines
+    assert "Hub id (needs network" not in result.stdout  # the model came from the cache
+    # The datasets the recipes name are Hub datasets: validate does not fetch them offline and says so.
+    # (The SmolLM2 recipe reads the built-in manpages-chat, which validate does check.)
+    sources = {path: yaml.safe_load(Path(path).read_text())["data"]["source"] for path in bases}
+    hub_data = [path for path, source in sources.items() if source_kind(source) == "hub"]
+    assert len(hub_data) == len(bases) - 1
+    assert result.stdout.count("is a Hub dataset (needs network; not checked)") == len(hub_data)
+
+    # The cached architecture is what validate checked: a target module it lacks fails, naming what it has.
+    result = validate(cache, *bases, "lora.target_modules=[query_key_value]")
+    assert result.returncode == 2
+    for path, base in bases.items():
+        model_class = AUTO_NAMES[(ARCHS[HUB_COPIES[base][0]].task, HUB_COPIES[base][0])]
+        assert f"FAIL {path}" in result.stdout
+        assert f"not in {model_class}; it has" in result.stdout
+
+
+AUTO_NAMES = {
+    ("seq2seq", "bart"): "BartForConditionalGeneration",
+    ("classification", "distilbert"): "DistilBertForSequenceClassification",
+    ("classification", "roberta"): "RobertaForSequenceClassification",
+    ("chat", "llama"): "LlamaForCausalLM",
+}

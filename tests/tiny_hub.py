@@ -56,6 +56,7 @@ QWEN2_TEMPLATE = (
     "{{- '<|im_start|>' + message.role + '\n' + message.content + '<|im_end|>' + '\n' }}"
     "{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}{%- endif %}"
 )
+# Qwen3 without its reasoning branch (see QWEN3_REAL_TEMPLATE below): plain ChatML, no default system prompt.
 QWEN3_TEMPLATE = (
     "{%- for message in messages %}"
     "{{- '<|im_start|>' + message.role + '\n' + message.content + '<|im_end|>' + '\n' }}"
@@ -74,10 +75,26 @@ GEMMA3_TEMPLATE = (
     "{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
 )
-# Phi-3-mini-instruct: <|user|> / <|assistant|> turns ending with <|end|>.
+# Phi-3-mini-instruct: <|user|> / <|assistant|> turns ending with <|end|>. The real template also writes
+# `{% else %}{{ eos_token }}` after a conversation rendered without a generation prompt: PHI3_REAL_TEMPLATE.
 PHI3_TEMPLATE = (
     "{% for message in messages %}{{ '<|' + message['role'] + '|>\n' + message['content'] + '<|end|>\n' }}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
+)
+PHI3_REAL_TEMPLATE = PHI3_TEMPLATE.replace("{% endif %}", "{% else %}{{ eos_token }}{% endif %}")
+# Qwen3's real template (the branch a plain conversation takes): an assistant turn after the last user turn that
+# ends the conversation gets an empty reasoning block, `<think>\n\n</think>\n\n`, earlier turns do not.
+QWEN3_REAL_TEMPLATE = (
+    "{%- set ns = namespace(last_query_index=messages|length - 1) %}"
+    "{%- for message in messages[::-1] %}{%- set index = (messages|length - 1) - loop.index0 %}"
+    "{%- if message.role == 'user' and ns.last_query_index == messages|length - 1 %}"
+    "{%- set ns.last_query_index = index %}{%- endif %}{%- endfor %}"
+    "{%- for message in messages %}{%- if message.role == 'assistant' %}"
+    "{%- if loop.index0 > ns.last_query_index and loop.last %}"
+    "{{- '<|im_start|>assistant\n<think>\n\n</think>\n\n' + message.content }}"
+    "{%- else %}{{- '<|im_start|>assistant\n' + message.content }}{%- endif %}{{- '<|im_end|>\n' }}"
+    "{%- else %}{{- '<|im_start|>' + message.role + '\n' + message.content + '<|im_end|>\n' }}{%- endif %}"
+    "{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}{%- endif %}"
 )
 
 
@@ -112,7 +129,7 @@ class TokSpec:
     pad_last: str | None = None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _trained(kind: str, specials: tuple[str, ...], lowercase: bool) -> str:
     """A tokenizer model trained on `texts()`, as JSON (shared by every family with the same layout)."""
     if kind == "wordpiece":
@@ -303,7 +320,8 @@ ARCHS = {a.name: a for a in [
          headless=True),
     Arch("deberta-v2", "classification", tf.DebertaV2ForSequenceClassification,
          {**ENC, "max_position_embeddings": 64, "relative_attention": True, "position_buckets": 16,
-          "pos_att_type": ["p2c", "c2p"], "share_att_key": True, "position_biased_input": False, "pooler_hidden_size": 32,
+          "pos_att_type": ["p2c", "c2p"], "share_att_key": True, "position_biased_input": False,
+          "pooler_hidden_size": 32,
           "type_vocab_size": 0},
          TokSpec("metaspace", ("[PAD]", "[CLS]", "[SEP]", "[UNK]", "[MASK]"), BERT.roles, single=BERT.single,
                  pair=BERT.pair, token_types=True),
@@ -330,13 +348,18 @@ def special_ids(tok) -> dict:
     return {k: getattr(tok, f"{k}_token_id") for k in ("bos", "eos", "pad") if getattr(tok, f"{k}_token", None)}
 
 
-def save_checkpoint(arch: Arch, out: Path) -> Path:
-    """Build `arch` with random weights (seed 0) and save it with its tokenizer under `out`."""
+def save_checkpoint(arch: Arch, out: Path, **config) -> Path:
+    """Build `arch` with random weights (seed 0) and save it with its tokenizer under `out`.
+
+    Args:
+        **config: config values over the tiny defaults (e.g. the real model's `max_position_embeddings`).
+    """
     tok = tokenizer_for(arch)
     config_class = arch.model_class.config_class
     ids = special_ids(tok)
     kwargs = {f"{k}_token_id": v for k, v in ids.items()}
     kwargs.update(arch.config)
+    kwargs.update(config)
     if arch.name == "mbart":
         kwargs["decoder_start_token_id"] = tok.convert_tokens_to_ids(arch.decoder_start)
     if arch.name == "marian":
