@@ -12,12 +12,10 @@ temporary Hugging Face cache (huggingface_hub's layout), offline.
 from __future__ import annotations
 
 import json
-import os
 import random
-import subprocess
-import sys
 from pathlib import Path
 
+import huggingface_hub
 import pytest
 import tiny_hub
 import torch
@@ -36,6 +34,7 @@ from transformers import (
 )
 
 from pipelines import loop, modeling
+from pipelines.cli import main as cli
 from pipelines.data import source_kind
 from pipelines.errors import TuneforgeError
 from pipelines.recipe import build_recipe
@@ -44,6 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 AUTO = {"causal_lm": AutoModelForCausalLM, "chat": AutoModelForCausalLM, "seq2seq": AutoModelForSeq2SeqLM,
         "classification": AutoModelForSequenceClassification}
 MAX_NEW = 6
+LR = 2e-2
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -84,7 +84,7 @@ def raw_recipe(arch: tiny_hub.Arch, base: Path, data: Path, out: Path) -> dict:
         "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "auto"},
         "data": {"source": str(data), "columns": columns, "max_length": 48, "target_max_length": 16,
                  "validation_limit": 4, "test_limit": 6},
-        "train": {"max_steps": 3, "micro_batch_size": 4, "learning_rate": 2e-2, "log_every": 1, "save_every": 0},
+        "train": {"max_steps": 3, "micro_batch_size": 4, "learning_rate": LR, "log_every": 1, "save_every": 0},
         "eval": {"batch_size": 8, "score_base": False, "generation": {"max_new_tokens": MAX_NEW}},
         "output": {"dir": str(out), "name": arch.name},
     }
@@ -216,7 +216,8 @@ def test_classifier(name, tmp_path, data_file):
         for key in keys:
             param = key.removeprefix("base_model.model.").replace(f"{head}.", f"{head}.modules_to_save.default.", 1)
             assert torch.equal(restored[f"base_model.model.{param}"], saved[key])
-        assert any(not torch.equal(saved[k], init.get_parameter(k.removeprefix("base_model.model."))) for k in keys)
+        change = max((saved[k] - init.get_parameter(k.removeprefix("base_model.model."))).abs().max() for k in keys)
+        assert 0 < change <= 3 * LR  # 3 Adam steps move a weight by at most ~lr each: same init, then trained
     rows = predictions(run_dir)
     enc = tok([r["text"] for r in rows], return_tensors="pt", padding=True)
     with torch.no_grad():
@@ -276,40 +277,43 @@ def populate_cache(cache: Path, repo_id: str) -> Path:
     return repo
 
 
-def validate(cache: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "pipelines.cli", "validate", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+def validate(capsys, *args: str) -> tuple[int, str]:
+    """`tuneforge validate ARGS` in this process: (exit code, what it printed)."""
+    code = cli(["validate", *args])
+    return code, capsys.readouterr().out
 
 
-def test_hub_recipes_validate_against_cached_copies_of_their_architectures(tmp_path):
+def test_hub_recipes_validate_against_cached_copies_of_their_architectures(tmp_path, monkeypatch, capsys):
     recipes = sorted((ROOT / "recipes" / "hub").glob("*.yaml"))
     bases = {str(path): yaml.safe_load(path.read_text())["model"]["base"] for path in recipes}
     assert set(bases.values()) <= set(HUB_COPIES), "give every recipes/hub/ base a tiny copy in HUB_COPIES"
     cache = tmp_path / "hub"
     for repo_id in set(bases.values()):
         populate_cache(cache, repo_id)
+    # HF_HUB_CACHE=cache with HF_HUB_OFFLINE=1 (conftest): huggingface_hub reads the constant at each lookup.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    assert huggingface_hub.constants.HF_HUB_OFFLINE
 
-    result = validate(cache, *bases)
-    assert result.returncode == 0, result.stdout + result.stderr
-    lines = result.stdout.splitlines()
+    code, out = validate(capsys, *bases)
+    assert code == 0, out
+    lines = out.splitlines()
     for path in bases:
         assert f"ok   {path}" in lines
-    assert "Hub id (needs network" not in result.stdout  # the model came from the cache
+    assert "Hub id (needs network" not in out  # the model came from the cache
     # The datasets the recipes name are Hub datasets: validate does not fetch them offline and says so.
     # (The SmolLM2 recipe reads the built-in manpages-chat, which validate does check.)
     sources = {path: yaml.safe_load(Path(path).read_text())["data"]["source"] for path in bases}
     hub_data = [path for path, source in sources.items() if source_kind(source) == "hub"]
     assert len(hub_data) == len(bases) - 1
-    assert result.stdout.count("is a Hub dataset (needs network; not checked)") == len(hub_data)
+    assert out.count("is a Hub dataset (needs network; not checked)") == len(hub_data)
 
     # The cached architecture is what validate checked: a target module it lacks fails, naming what it has.
-    result = validate(cache, *bases, "lora.target_modules=[query_key_value]")
-    assert result.returncode == 2
+    code, out = validate(capsys, *bases, "lora.target_modules=[query_key_value]")
+    assert code == 2
     for path, base in bases.items():
         model_class = AUTO_NAMES[(ARCHS[HUB_COPIES[base][0]].task, HUB_COPIES[base][0])]
-        assert f"FAIL {path}" in result.stdout
-        assert f"not in {model_class}; it has" in result.stdout
+        assert f"FAIL {path}" in out
+        assert f"not in {model_class}; it has" in out
 
 
 AUTO_NAMES = {
