@@ -196,6 +196,9 @@ def test_seq2seq(name, tmp_path, data_file):
     enc = tok([r["source"] for r in rows], return_tensors="pt", padding=True)
     out = model.generate(**enc, max_new_tokens=MAX_NEW, num_beams=1, do_sample=False)
     assert out[:, 0].eq(start).all()  # decoding starts from the architecture's own decoder start
+    if arch.forced_bos:  # then the forced first token (mBART-50's target language code)
+        assert out[:, 1].eq(tok.convert_tokens_to_ids(arch.forced_bos)).all()
+        assert GenerationConfig.from_pretrained(base).forced_bos_token_id == out[0, 1]
     texts = [t.strip() for t in tok.batch_decode(out[:, 1:], skip_special_tokens=True)]
     assert texts == [r["prediction"] for r in rows]
 

@@ -176,13 +176,15 @@ def build_tokenizer(spec: TokSpec, chat_template: str | None = None) -> tf.PreTr
     return fast
 
 
-def mbart_tokenizer() -> tf.MBartTokenizer:
-    """The real `MBartTokenizer` (mbart-large-cc25 layout: `X </s> en_XX`, targets `Y </s> de_DE`) on a tiny
-    unigram vocabulary of whole words and single characters."""
+def mbart_tokenizer(fifty: bool = False) -> tf.MBartTokenizer | tf.MBart50Tokenizer:
+    """The real `MBartTokenizer` (mbart-large-cc25 layout: `X </s> en_XX`, targets `Y </s> de_DE`), or with
+    `fifty` the real `MBart50Tokenizer` (`en_XX X </s>`, targets `de_DE Y </s>`), on a tiny unigram vocabulary of
+    whole words and single characters."""
     pieces = sorted({"▁" + w for t in texts() for w in t.split()} | set("abcdefghijklmnopqrstuvwxyz0123456789.▁"))
     vocab = [("<s>", 0.0), ("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + [(p, -1.0 - (len(p) < 2) * 5)
                                                                                 for p in pieces]
-    return tf.MBartTokenizer(vocab=vocab, src_lang="en_XX", tgt_lang="de_DE")
+    tokenizer_class = tf.MBart50Tokenizer if fifty else tf.MBartTokenizer
+    return tokenizer_class(vocab=vocab, src_lang="en_XX", tgt_lang="de_DE")
 
 
 BYTE_GPT2 = TokSpec("bytelevel", ("<|endoftext|>",), (("bos_token", "<|endoftext|>"), ("eos_token", "<|endoftext|>"),
@@ -207,6 +209,7 @@ class Arch:
         targets: the leaf names LoRA's `auto` must put adapters on (the architecture's own projections).
         heads: classification: the head modules trained in full and saved (`modules_to_save`).
         decoder_start: seq2seq: which token the decoder starts from ("pad", "eos", or a token string).
+        forced_bos: seq2seq: the token generation forces right after the start (mBART-50's target language).
     """
 
     name: str
@@ -218,6 +221,7 @@ class Arch:
     chat_template: str | None = None
     heads: tuple[str, ...] = ()
     decoder_start: str | None = None
+    forced_bos: str | None = None
     headless: bool = False  # save the encoder alone (the Hub's base checkpoints carry no classification head)
     generation: dict = field(default_factory=dict)
 
@@ -293,6 +297,9 @@ ARCHS = {a.name: a for a in [
     Arch("mbart", "seq2seq", tf.MBartForConditionalGeneration,
          {**S2S, "pad_token_id": 1, "bos_token_id": 0, "eos_token_id": 2}, None, BART_TARGETS,
          decoder_start="de_DE"),  # mbart-large-en-ro: the decoder starts from the target language code
+    Arch("mbart-50", "seq2seq", tf.MBartForConditionalGeneration,
+         {**S2S, "pad_token_id": 1, "bos_token_id": 0, "eos_token_id": 2, "decoder_start_token_id": 2}, None,
+         BART_TARGETS, decoder_start="eos", forced_bos="de_DE"),  # mBART-50: </s>, then the forced language code
     Arch("marian", "seq2seq", tf.MarianMTModel,
          {**S2S, "eos_token_id": 0, "forced_eos_token_id": 0},
          TokSpec("metaspace", ("</s>", "<unk>"), (("eos_token", "</s>"), ("unk_token", "<unk>"),
@@ -339,8 +346,8 @@ ARCHS = {a.name: a for a in [
 
 
 def tokenizer_for(arch: Arch):
-    if arch.name == "mbart":
-        return mbart_tokenizer()
+    if arch.name.startswith("mbart"):
+        return mbart_tokenizer(fifty=arch.name == "mbart-50")
     return build_tokenizer(arch.tokenizer, arch.chat_template)
 
 
@@ -368,6 +375,8 @@ def save_checkpoint(arch: Arch, out: Path, **config) -> Path:
     config.tie_word_embeddings = getattr(config, "tie_word_embeddings", True)
     torch.manual_seed(0)
     model = arch.model_class(config)
+    if arch.forced_bos:
+        model.generation_config.forced_bos_token_id = tok.convert_tokens_to_ids(arch.forced_bos)
     if arch.headless:
         model = getattr(model, model.base_model_prefix)
     model.save_pretrained(out)
