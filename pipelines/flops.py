@@ -94,10 +94,12 @@ def flop_spec(model: torch.nn.Module) -> FlopSpec:
         linear[stream] += (6 if weight.requires_grad else 4) * weight.numel()
     hidden = getattr(config, "d_model", None) or config.hidden_size
     heads = getattr(config, "num_attention_heads", None)
-    head_dim = getattr(config, "head_dim", None)
+    head_dim = getattr(config, "head_dim", None) or getattr(config, "d_kv", None)  # T5 calls it d_kv
     d_attn = heads * head_dim if heads and head_dim else hidden
     if encoder_decoder:
-        src_layers, tgt_layers = config.encoder_layers, config.decoder_layers
+        # BART-family configs say encoder_layers / decoder_layers; T5's say num_layers / num_decoder_layers.
+        src_layers = getattr(config, "encoder_layers", None) or config.num_layers
+        tgt_layers = getattr(config, "decoder_layers", None) or getattr(config, "num_decoder_layers", None)
     else:
         src_layers, tgt_layers = config.num_hidden_layers, 0
     return FlopSpec(linear, int(src_layers), int(tgt_layers), int(d_attn), encoder_decoder)

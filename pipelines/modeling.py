@@ -7,6 +7,7 @@ model it holds: a full model directly, a LoRA run as its base with the adapter m
 from __future__ import annotations
 
 import json
+import logging
 import warnings
 from pathlib import Path
 
@@ -19,6 +20,8 @@ from transformers.pytorch_utils import Conv1D
 from pipelines import runs
 from pipelines.errors import TuneforgeError
 from pipelines.recipe import LoraConfig, Recipe
+
+logger = logging.getLogger(__name__)
 
 
 def _minilm_path() -> str:
@@ -152,11 +155,22 @@ def load_model(base: str, auto_class, *, merge: bool = True, **kwargs) -> PreTra
                 fit_embeddings(inner, len(AutoTokenizer.from_pretrained(path)), initialize=False)
             peft = PeftModel.from_pretrained(inner, path)
             return peft.merge_and_unload() if merge else peft
+        if kwargs.get("attn_implementation") == "sdpa" and not supports_sdpa(path, auto_class):
+            # e.g. DeBERTa-v2: transformers refuses sdpa for it; its eager attention computes the same function.
+            logger.warning("%s has no sdpa attention in transformers; loading it with eager attention", base)
+            kwargs["attn_implementation"] = "eager"
         return auto_class.from_pretrained(path, trust_remote_code=False, use_safetensors=True, **kwargs)
     except (OSError, ValueError) as exc:
         if isinstance(exc, TuneforgeError):
             raise
         raise TuneforgeError(f"model.base: cannot load {base!r} with {auto_class.__name__}: {exc}") from None
+
+
+def supports_sdpa(path: str, auto_class) -> bool:
+    """Whether the class `auto_class` picks for the checkpoint at `path` has a scaled-dot-product attention."""
+    config = AutoConfig.from_pretrained(path, trust_remote_code=False)
+    model_class = auto_class._model_mapping.get(type(config), None)
+    return bool(getattr(model_class, "_supports_sdpa", True)) if model_class is not None else True
 
 
 def fit_embeddings(model: PreTrainedModel, vocab_size: int, *, initialize: bool = True) -> bool:
@@ -196,13 +210,34 @@ def lora_target_names(model: torch.nn.Module) -> list[str]:
     return sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, kinds)})
 
 
+def head_modules(model: PreTrainedModel) -> list[str]:
+    """The task head: the model's top-level modules with parameters outside its pretrained body.
+
+    The body is the submodule named by transformers' `base_model_prefix` (`bert`, `roberta`, `distilbert`,
+    `deberta`, `electra`, ModernBERT's `model`); what sits beside it is new at finetuning time, e.g. BERT's
+    `classifier`, RoBERTa's `classifier` (dense + out_proj), DistilBERT's `pre_classifier` + `classifier`,
+    DeBERTa-v2's `pooler` + `classifier`, ModernBERT's `head` + `classifier`.
+    """
+    body = model.base_model_prefix
+    return [name for name, child in model.named_children()
+            if name != body and any(True for _ in child.parameters())]
+
+
+def _inside(name: str, modules: list[str]) -> bool:
+    """Whether module `name` is (inside) a module PEFT's `modules_to_save` matches (PEFT matches by suffix)."""
+    parts = name.split(".")
+    return any(".".join(parts[:i]).endswith(m) for i in range(1, len(parts) + 1) for m in modules)
+
+
 def apply_lora(
     model: PreTrainedModel, cfg: LoraConfig, task_type: str, trainable_token_indices: list[int] | None = None
 ) -> PeftModel:
     """Wrap `model` with LoRA adapters through PEFT; only adapters (and saved modules) stay trainable.
 
     `target_modules: auto` is PEFT's `all-linear` (every linear layer but the output head, as QLoRA does,
-    Dettmers et al. 2023); `modules_to_save: auto` lets PEFT add the task head for classification.
+    Dettmers et al. 2023). `modules_to_save: auto` trains the classification head in full (`head_modules`:
+    everything beside the pretrained body, e.g. DistilBERT's pre_classifier + classifier); under `auto` targets
+    the head's linear layers get no adapter.
     `trainable_token_indices` (tokens a task added, e.g. chat markers) trains just those embedding rows (and the
     tied output head's with them) instead of a full trainable copy of the embedding matrix (`modules_to_save`).
 
@@ -216,13 +251,24 @@ def apply_lora(
             raise TuneforgeError(
                 f"lora.target_modules: {missing} not in {type(model).__name__}; it has {available}"
             )
+    if cfg.modules_to_save != "auto":
+        save = list(cfg.modules_to_save)
+    else:
+        save = head_modules(model) if task_type == "SEQ_CLS" else None
+    exclude = None
+    if cfg.target_modules == "auto" and save:
+        # all-linear would also put LoRA on the head's own linear layers (RoBERTa's classifier.dense), which PEFT
+        # then cannot train in full as modules_to_save; the head is trained in full instead.
+        kinds = (torch.nn.Linear, Conv1D)
+        exclude = [n for n, m in model.named_modules() if isinstance(m, kinds) and _inside(n, save)] or None
     peft_cfg = PeftLoraConfig(
         task_type=task_type,
         r=cfg.r,
         lora_alpha=cfg.alpha,
         lora_dropout=cfg.dropout,
         target_modules="all-linear" if cfg.target_modules == "auto" else list(cfg.target_modules),
-        modules_to_save=None if cfg.modules_to_save == "auto" else list(cfg.modules_to_save),
+        modules_to_save=save,
+        exclude_modules=exclude,
         use_dora=cfg.use_dora,
         use_rslora=cfg.use_rslora,
         bias=cfg.bias,

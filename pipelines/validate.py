@@ -119,7 +119,11 @@ def check_launch(recipe: Recipe, launch: dict) -> list[str]:
 
 
 def _meta_model(recipe: Recipe, task) -> torch.nn.Module | None:
-    """The model's module structure on the meta device (no weights loaded), or None for a Hub id offline."""
+    """The model's module structure on the meta device (no weights loaded), or None for a Hub id offline.
+
+    A Hub id is read from the Hugging Face cache when it is there (`HF_HUB_OFFLINE=1` on an air-gapped cluster),
+    else from the Hub when it is reachable; only the config is read.
+    """
     if recipe.model.scratch is not None:
         from pipelines import scratch
 
@@ -132,9 +136,12 @@ def _meta_model(recipe: Recipe, task) -> torch.nn.Module | None:
         config = scratch.build_config(recipe.model.scratch, _Tok())
     else:
         path = modeling.resolve_base(recipe.model.base)
-        if not Path(path).exists():
-            return None
-        config = modeling.base_config(recipe.model.base)
+        try:
+            config = modeling.base_config(recipe.model.base)
+        except OSError:
+            if Path(path).exists():
+                raise
+            return None  # a Hub id that is neither in the Hugging Face cache nor reachable
     with torch.device("meta"):
         return task.auto_model.from_config(config)
 
