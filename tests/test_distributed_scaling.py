@@ -158,3 +158,13 @@ def test_two_nodes_on_loopback_equal_one_node_write_once_and_resume(pretrained, 
     assert a.keys() == b.keys() and a
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+def test_gpu_check_skips_cleanly_without_a_gpu(tmp_path):
+    assert not torch.cuda.is_available()  # the default test run is CPU-only; on a GPU this test does not apply
+    result = subprocess.run([sys.executable, "-m", "bench.gpu_check", "--out", str(tmp_path / "gpu.md")], cwd=ROOT,
+                            env=cpu_env(), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith("gpu_check: skipped: no CUDA GPU on this machine")
+    assert "nothing was checked" in result.stdout
+    assert not (tmp_path / "gpu.md").exists()
