@@ -144,7 +144,8 @@ def generation_context(accelerator: Accelerator, model: torch.nn.Module) -> Iter
 
     ZeRO-3 gathers each layer's parameters in its forward hooks, so every rank must run the same number of
     forward passes: `generate(synced_gpus=True)` keeps a finished rank stepping until all are done (transformers'
-    own default under ZeRO-3). FSDP 1 wraps blocks in units that gather themselves, but the root unit's own
+    own default under ZeRO-3 and for FSDP-managed modules; passed explicitly so it never depends on detection).
+    FSDP 1 wraps blocks in units that gather themselves, but the root unit's own
     parameters (embeddings, final norm, head) are gathered by the root's forward, which `generate` on the
     unwrapped module skips: `FSDP.summon_full_params(model, recurse=False, writeback=False)` holds them for the
     whole generation (the inner units still gather per forward, hence synced_gpus too). FSDP 2 (`fully_shard`)

@@ -168,3 +168,11 @@ def test_gpu_check_skips_cleanly_without_a_gpu(tmp_path):
     assert result.stdout.startswith("gpu_check: skipped: no CUDA GPU on this machine")
     assert "nothing was checked" in result.stdout
     assert not (tmp_path / "gpu.md").exists()
+
+
+def test_generation_under_fsdp_full_shard_equals_unsharded():
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+           str(ROOT / "tests/fsdp_generation_check.py")]
+    result = subprocess.run(cmd, cwd=ROOT, env=cpu_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "same generations" in result.stdout
