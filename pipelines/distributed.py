@@ -67,6 +67,31 @@ def check_processes(accelerator: Accelerator) -> None:
     )
 
 
+def deepspeed_accumulation_problem(accumulation: int) -> str:
+    """Why DeepSpeed cannot run `accumulation` micro-batches per process per optimizer step with this loop.
+
+    Accelerate steps the DeepSpeed engine (optimizer step included) after every `accelerator.backward` unless
+    gradients are marked as not syncing, which only its `accumulate()` context does; the loop accumulates itself
+    (token-weighted, see `loop.train`), so each micro-batch would become an optimizer step.
+    """
+    return (
+        f"train.gradient_accumulation_steps: {accumulation} micro-batches per process per step under DeepSpeed "
+        "would each step the optimizer (Accelerate steps the DeepSpeed engine after every backward); use one "
+        "micro-batch per step there: raise train.micro_batch_size or the number of processes and set "
+        "gradient_accumulation_steps=1 (or a train.global_batch_size of micro_batch_size x processes)"
+    )
+
+
+def check_accumulation(accelerator: Accelerator, accumulation: int) -> None:
+    """Refuse gradient accumulation under DeepSpeed, before anything is written (see `deepspeed_accumulation_problem`).
+
+    Raises:
+        TuneforgeError: DeepSpeed with more than one micro-batch per process per step.
+    """
+    if accelerator.distributed_type == DistributedType.DEEPSPEED and accumulation > 1:
+        raise TuneforgeError(deepspeed_accumulation_problem(accumulation))
+
+
 def main_decides(accelerator: Accelerator, decide: Callable[..., T], *args, **kwargs) -> T:
     """`decide(*args, **kwargs)` on the main process; every process gets its result or raises its error.
 

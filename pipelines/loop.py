@@ -425,6 +425,7 @@ def train(recipe: Recipe, run_dir: Path, *, overwrite: bool = False, launch: str
         step_scheduler_with_optimizer=False,
     )
     distributed.check_processes(accelerator)
+    distributed.check_accumulation(accelerator, accumulation_steps(cfg, accelerator.num_processes))
     main = accelerator.is_main_process
     if main and accelerator.mixed_precision == "bf16" and accelerator.device.type == "cpu":
         if not torch.ops.mkldnn._is_mkldnn_bf16_supported():  # oneDNN's check for AVX512-BF16 / AMX

@@ -127,6 +127,16 @@ def check_launch(recipe: Recipe, launch: dict) -> list[str]:
                 f"train.global_batch_size: {recipe.train.global_batch_size} is not divisible by micro_batch_size "
                 f"{recipe.train.micro_batch_size} x {world} processes; pick a multiple of {per_step}"
             )
+    if dist == "DEEPSPEED":
+        world = world_size(launch)
+        accumulation = recipe.train.gradient_accumulation_steps
+        if recipe.train.global_batch_size is not None and recipe.train.global_batch_size % (
+                recipe.train.micro_batch_size * world) == 0:
+            accumulation = recipe.train.global_batch_size // (recipe.train.micro_batch_size * world)
+        if accumulation > 1:
+            from pipelines.distributed import deepspeed_accumulation_problem
+
+            problems.append(deepspeed_accumulation_problem(accumulation))
     ds_accum = ds.get("gradient_accumulation_steps")
     if dist == "DEEPSPEED" and ds_accum not in (None, "auto", 1, recipe.train.gradient_accumulation_steps):
         problems.append(

@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 from conftest import ROOT, tiny_lora_raw, torchrun
@@ -176,3 +177,18 @@ def test_generation_under_fsdp_full_shard_equals_unsharded():
     result = subprocess.run(cmd, cwd=ROOT, env=cpu_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "same generations" in result.stdout
+
+
+def test_deepspeed_accumulation_is_refused_at_run_time_too():
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from pipelines.distributed import check_accumulation
+    from pipelines.errors import TuneforgeError
+
+    deepspeed = SimpleNamespace(distributed_type=DistributedType.DEEPSPEED)  # what the check reads
+    check_accumulation(deepspeed, 1)
+    check_accumulation(SimpleNamespace(distributed_type=DistributedType.MULTI_GPU), 4)
+    with pytest.raises(TuneforgeError, match="4 micro-batches per process per step under DeepSpeed"):
+        check_accumulation(deepspeed, 4)
