@@ -83,8 +83,11 @@ def test_torchrun_without_cpu_flag_stops_every_rank_before_writing(corpus, tmp_p
 def test_train_entry_exits_2_when_the_launcher_world_is_bigger(corpus, tmp_path):
     raw = tiny_lora_raw(corpus, tmp_path, Path("unused"), "nocpu1", max_steps=2)
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(raw))
-    env = cpu_env(WORLD_SIZE="4", RANK="0", LOCAL_RANK="0")
-    env.pop("ACCELERATE_USE_CPU", None)
+    # The launcher's world size without LOCAL_RANK: Accelerate then does not even open a process group (under
+    # torchrun it opens one and still runs undistributed), so this one process shows what each rank does.
+    env = cpu_env(WORLD_SIZE="4", RANK="0")
+    for name in ("ACCELERATE_USE_CPU", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)
     result = subprocess.run([sys.executable, "-m", "pipelines.train", str(tmp_path / "r.yaml")], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2, result.stderr[-2000:]
