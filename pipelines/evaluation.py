@@ -13,7 +13,7 @@ from pathlib import Path
 from accelerate import Accelerator
 
 from pipelines import data as data_lib
-from pipelines import loop, runs
+from pipelines import distributed, loop, runs
 from pipelines.errors import TuneforgeError
 from pipelines.recipe import Recipe, load_recipe
 from pipelines.scoring import write_jsonl
@@ -28,6 +28,7 @@ def as_base(recipe: Recipe, model: str) -> Recipe:
 def score_model(recipe: Recipe, model: str) -> tuple[dict, object]:
     """Score `model` on `recipe`'s test split. Returns (metrics fields, Scored)."""
     accelerator = Accelerator()
+    distributed.check_processes(accelerator)
     prep = loop.build(as_base(recipe, model), Path(model), accelerator, "resume", merge=False)
     result = loop.score(prep, recipe, accelerator, prep.model)
     fields = {

@@ -15,6 +15,7 @@ from accelerate import Accelerator
 from torch.utils.data import DataLoader
 from transformers import GenerationConfig
 
+from pipelines import distributed
 from pipelines.recipe import GenerationSettings
 
 
@@ -92,18 +93,19 @@ def generate_ids(
     was_training = unwrapped.training
     unwrapped.eval()
     indices, outputs = [], []
-    for batch in loader:
-        out = unwrapped.generate(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], generation_config=gen_cfg
-        )
-        # Decoder-only output repeats the (left-padded) prompt; encoder-decoder output starts with the decoder
-        # start token. Keep only new tokens, then pad to a fixed width so processes gather equal shapes.
-        new = out[:, batch["input_ids"].size(1):] if not encoder_decoder else out[:, 1:]
-        fixed = torch.full((new.size(0), width), tokenizer.pad_token_id, dtype=torch.long, device=new.device)
-        fixed[:, : min(width, new.size(1))] = new[:, :width]
-        index, fixed = accelerator.gather_for_metrics((batch["index"], fixed))
-        indices.append(index.cpu())
-        outputs.append(fixed.cpu())
+    with distributed.generation_context(accelerator, model) as synced_gpus:
+        for batch in loader:
+            # synced_gpus: with sharded weights every rank keeps stepping until all are done (gathers are collective)
+            out = unwrapped.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                     generation_config=gen_cfg, synced_gpus=synced_gpus)
+            # Decoder-only output repeats the (left-padded) prompt; encoder-decoder output starts with the decoder
+            # start token. Keep only new tokens, then pad to a fixed width so processes gather equal shapes.
+            new = out[:, batch["input_ids"].size(1):] if not encoder_decoder else out[:, 1:]
+            fixed = torch.full((new.size(0), width), tokenizer.pad_token_id, dtype=torch.long, device=new.device)
+            fixed[:, : min(width, new.size(1))] = new[:, :width]
+            index, fixed = accelerator.gather_for_metrics((batch["index"], fixed))
+            indices.append(index.cpu())
+            outputs.append(fixed.cpu())
     unwrapped.train(was_training)
     by_index = dict(zip(torch.cat(indices).tolist(), torch.cat(outputs).tolist(), strict=True))
     return [_until_eos(by_index[i], tokenizer, unwrapped) for i in range(len(prompts))]

@@ -29,7 +29,7 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
 from pipelines import data as data_lib
-from pipelines import flops, modeling, runs
+from pipelines import distributed, flops, modeling, runs
 from pipelines.errors import TuneforgeError
 from pipelines.recipe import Recipe
 from pipelines.scoring import ScoreContext, Scored, example_losses, perplexity, write_jsonl
@@ -424,6 +424,8 @@ def train(recipe: Recipe, run_dir: Path, *, overwrite: bool = False, launch: str
         project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "tensorboard")),
         step_scheduler_with_optimizer=False,
     )
+    distributed.check_processes(accelerator)
+    distributed.check_accumulation(accelerator, accumulation_steps(cfg, accelerator.num_processes))
     main = accelerator.is_main_process
     if main and accelerator.mixed_precision == "bf16" and accelerator.device.type == "cpu":
         if not torch.ops.mkldnn._is_mkldnn_bf16_supported():  # oneDNN's check for AVX512-BF16 / AMX
@@ -433,8 +435,7 @@ def train(recipe: Recipe, run_dir: Path, *, overwrite: bool = False, launch: str
                 stacklevel=2,
             )
     preflight(recipe)
-    mode = runs.check_run_dir(run_dir, overwrite=overwrite, resume=cfg.resume)
-    accelerator.wait_for_everyone()
+    mode = distributed.main_decides(accelerator, runs.check_run_dir, run_dir, overwrite=overwrite, resume=cfg.resume)
     if main and mode == "fresh":
         runs.clear_run_dir(run_dir)
         run_dir.mkdir(parents=True)
@@ -465,7 +466,7 @@ def train(recipe: Recipe, run_dir: Path, *, overwrite: bool = False, launch: str
 
     start_step, base_scored = 0, None
     if mode == "resume":
-        last = runs.checkpoint_dirs(run_dir)[-1]
+        last = Path(distributed.main_decides(accelerator, lambda: str(runs.checkpoint_dirs(run_dir)[-1])))
         accelerator.load_state(str(last))
         start_step = int(last.name.removeprefix("step_"))
         base_scored = runs.read_metrics(run_dir) or {}
@@ -561,9 +562,8 @@ def train(recipe: Recipe, run_dir: Path, *, overwrite: bool = False, launch: str
         return {"status": "stopped", "step": stop_at}
 
     mfu = utilisation(accelerator, model_flops, train_seconds)
-    unwrapped = accelerator.unwrap_model(model)
+    unwrapped = distributed.save_model(accelerator, model, run_dir / "model")  # gathered if sharded; main writes
     if main:
-        unwrapped.save_pretrained(run_dir / "model", safe_serialization=True)
         prep.tokenizer.save_pretrained(run_dir / "model")
         if prep.task.on_save is not None:
             prep.task.on_save(run_dir / "model", unwrapped, prep.tokenizer, recipe)

@@ -2,8 +2,8 @@
 
 Checks that would otherwise fail late on a cluster are made here, before anything starts: the base model and
 data exist, LoRA targets exist in the architecture, generation lengths fit the model, and the recipe suits the
-Accelerate launch config (ZeRO-3 generation, LoRA under FSDP, bf16 hardware, global batch divisibility,
-gradient checkpointing).
+Accelerate launch config (gathered saves under ZeRO-3 and FSDP, LoRA under FSDP, ZeRO-Offload, bf16 hardware,
+global batch divisibility, gradient clipping and accumulation, gradient checkpointing).
 """
 
 from __future__ import annotations
@@ -69,14 +69,32 @@ def check_launch(recipe: Recipe, launch: dict) -> list[str]:
     precision = str(launch.get("mixed_precision", "no")).lower()
     ds = launch.get("deepspeed_config") or {}
     fsdp = launch.get("fsdp_config") or {}
-    generates = recipe.task in GENERATION_TASKS and recipe.eval.generate
 
-    if dist == "DEEPSPEED" and int(ds.get("zero_stage", 0)) == 3 and generates:
+    # Generation under ZeRO-3 / FSDP works (every rank keeps stepping: `distributed.generation_context`); what
+    # cannot work is a final save that cannot gather the sharded weights, or an optimizer DeepSpeed refuses.
+    if dist == "DEEPSPEED" and int(ds.get("zero_stage", 0)) == 3 and not _true(ds.get("zero3_save_16bit_model")):
         problems.append(
-            "eval.generate: generation-based evaluation under DeepSpeed ZeRO-3 needs every rank to step through "
-            "generate() together (parameters are sharded), and ranks finish at different lengths; "
-            "use recipes/accelerate/deepspeed-zero2.yaml, or set eval.generate=false and score with "
-            "`tuneforge eval RUN_DIR` on one process"
+            "zero3_save_16bit_model: under DeepSpeed ZeRO-3 the final model is gathered from every rank before "
+            "saving, which Accelerate only does with zero3_save_16bit_model: true in the launch config "
+            "(see recipes/accelerate/deepspeed-zero3.yaml)"
+        )
+    if dist == "DEEPSPEED" and str(ds.get("offload_optimizer_device", "none")).lower() not in ("none", ""):
+        problems.append(
+            f"offload_optimizer_device: {ds.get('offload_optimizer_device')!r} (ZeRO-Offload) needs DeepSpeed's "
+            "own CPU Adam, and DeepSpeed refuses tuneforge's torch AdamW there; set offload_optimizer_device: none "
+            "(offload_param_device can stay)"
+        )
+    clip = ds.get("gradient_clipping")
+    if dist == "DEEPSPEED" and clip not in (None, "auto") and float(clip) != (recipe.train.max_grad_norm or 0.0):
+        problems.append(
+            f"train.max_grad_norm: DeepSpeed clips gradients itself with the launch config's gradient_clipping "
+            f"({clip}), not with the recipe's {recipe.train.max_grad_norm}; make them equal"
+        )
+    if dist == "FSDP" and _true(fsdp.get("fsdp_cpu_ram_efficient_loading")) \
+            and not _true(fsdp.get("fsdp_sync_module_states")):
+        problems.append(
+            "fsdp_cpu_ram_efficient_loading: only rank 0 loads the weights then, so the others get them only with "
+            "fsdp_sync_module_states: true in the launch config"
         )
     if dist == "FSDP" and recipe.lora is not None:
         if not fsdp.get("fsdp_use_orig_params", False):
@@ -109,6 +127,16 @@ def check_launch(recipe: Recipe, launch: dict) -> list[str]:
                 f"train.global_batch_size: {recipe.train.global_batch_size} is not divisible by micro_batch_size "
                 f"{recipe.train.micro_batch_size} x {world} processes; pick a multiple of {per_step}"
             )
+    if dist == "DEEPSPEED":
+        world = world_size(launch)
+        accumulation = recipe.train.gradient_accumulation_steps
+        if recipe.train.global_batch_size is not None and recipe.train.global_batch_size % (
+                recipe.train.micro_batch_size * world) == 0:
+            accumulation = recipe.train.global_batch_size // (recipe.train.micro_batch_size * world)
+        if accumulation > 1:
+            from pipelines.distributed import deepspeed_accumulation_problem
+
+            problems.append(deepspeed_accumulation_problem(accumulation))
     ds_accum = ds.get("gradient_accumulation_steps")
     if dist == "DEEPSPEED" and ds_accum not in (None, "auto", 1, recipe.train.gradient_accumulation_steps):
         problems.append(
@@ -116,6 +144,11 @@ def check_launch(recipe: Recipe, launch: dict) -> list[str]:
             "itself (train.gradient_accumulation_steps); set it to 1 in the launch config"
         )
     return problems
+
+
+def _true(value) -> bool:
+    """A launch-config flag: YAML booleans, or the strings `accelerate config` sometimes writes."""
+    return value is True or str(value).lower() == "true"
 
 
 def _meta_model(recipe: Recipe, task) -> torch.nn.Module | None:

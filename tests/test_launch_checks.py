@@ -24,9 +24,9 @@ def launch(name: str) -> dict:
 
 
 def known_bad(recipe_path: Path, config_path: Path) -> bool:
-    """The shipped combinations that must be rejected: generation-based eval under ZeRO-3."""
-    task = yaml.safe_load(recipe_path.read_text())["task"]
-    return config_path.name == "deepspeed-zero3.yaml" and task in ("seq2seq", "chat")
+    """The shipped combinations validate must refuse: accumulating micro-batches under DeepSpeed."""
+    accumulation = (yaml.safe_load(recipe_path.read_text()).get("train") or {}).get("gradient_accumulation_steps", 1)
+    return config_path.name.startswith("deepspeed") and accumulation > 1
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[p.name for p in CONFIGS])
@@ -38,11 +38,30 @@ def test_shipped_recipes_with_shipped_launch_configs(config, monkeypatch, capsys
         assert code == (2 if known_bad(recipe, config) else 0), out
 
 
-def test_zero3_rejects_generation_based_eval():
-    problems = check_launch(build_recipe(SEQ2SEQ), launch("deepspeed-zero3.yaml"))
-    assert len(problems) == 1 and "ZeRO-3" in problems[0] and "eval.generate=false" in problems[0]
-    assert check_launch(build_recipe(SEQ2SEQ, ["eval.generate=false"]), launch("deepspeed-zero3.yaml")) == []
+def test_zero3_generates_but_needs_a_gathered_final_save():
+    cfg = launch("deepspeed-zero3.yaml")
+    assert check_launch(build_recipe(SEQ2SEQ), cfg) == []  # synced generation: no longer refused
+    no_gather = {**cfg, "deepspeed_config": {**cfg["deepspeed_config"], "zero3_save_16bit_model": False}}
+    problems = check_launch(build_recipe(SEQ2SEQ), no_gather)
+    assert len(problems) == 1 and "zero3_save_16bit_model: true" in problems[0]
     assert check_launch(build_recipe(SEQ2SEQ), launch("deepspeed-zero2.yaml")) == []
+
+
+def test_deepspeed_offloaded_optimizer_and_clipping_mismatch():
+    cfg = launch("deepspeed-zero2.yaml")
+    offload = {**cfg, "deepspeed_config": {**cfg["deepspeed_config"], "offload_optimizer_device": "cpu"}}
+    problems = check_launch(build_recipe(LORA), offload)
+    assert len(problems) == 1 and "offload_optimizer_device: none" in problems[0]
+    problems = check_launch(build_recipe(LORA, ["train.max_grad_norm=0.5"]), cfg)
+    assert len(problems) == 1 and "gradient_clipping (1.0)" in problems[0] and "0.5" in problems[0]
+
+
+def test_fsdp_ram_efficient_loading_needs_synced_module_states():
+    cfg = launch("fsdp.yaml")
+    assert cfg["fsdp_config"]["fsdp_state_dict_type"] == "SHARDED_STATE_DICT"  # checkpoints stay sharded
+    bad = {**cfg, "fsdp_config": {**cfg["fsdp_config"], "fsdp_sync_module_states": False}}
+    problems = check_launch(build_recipe(LORA), bad)
+    assert len(problems) == 1 and "fsdp_sync_module_states: true" in problems[0]
 
 
 def test_lora_under_fsdp_needs_orig_params_and_transformer_wrap():
@@ -104,3 +123,13 @@ def test_gradient_checkpointing_with_lora_is_non_reentrant_with_input_grads(pret
     out.loss.backward()
     grads = [p.grad for n, p in peft.named_parameters() if "lora_B" in n]  # B starts at 0: A gets no grad yet
     assert grads and all(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+def test_deepspeed_refuses_accumulation_that_would_step_each_micro_batch():
+    cfg = launch("deepspeed-zero3.yaml")  # 8 processes
+    problems = check_launch(build_recipe(LORA, ["train.gradient_accumulation_steps=2"]), cfg)
+    assert len(problems) == 1 and "would each step the optimizer" in problems[0]
+    problems = check_launch(build_recipe(LORA, ["train.global_batch_size=128", "train.micro_batch_size=8"]), cfg)
+    assert len(problems) == 1 and "train.gradient_accumulation_steps: 2 " in problems[0]
+    assert check_launch(build_recipe(LORA, ["train.global_batch_size=64", "train.micro_batch_size=8"]), cfg) == []
+    assert check_launch(build_recipe(LORA, ["train.gradient_accumulation_steps=2"]), launch("fsdp.yaml")) == []

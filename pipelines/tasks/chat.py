@@ -504,19 +504,14 @@ def score(ctx: ScoreContext) -> Scored:
 
 
 def on_save(model_dir, model, tokenizer, recipe: Recipe) -> None:
-    """Stop at the end-of-turn token in the saved generation config; keep an adapter free of embedding copies.
+    """Stop at the end-of-turn token in the saved generation config.
 
-    PEFT saves the full embedding matrices (input and tied output) next to a LoRA adapter whenever the vocabulary
-    was resized, although the added rows already live in the adapter (`trainable_token_indices`) and the rest
-    equal the base; the adapter is re-saved without them, and loading resizes the base first
-    (`modeling.load_model`).
+    The adapter itself is saved by `distributed.save_model`, without copies of the embedding matrices when the
+    added marker rows train through `trainable_token_indices`.
     """
     set_stop_tokens(model, tokenizer)
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     inner.generation_config.save_pretrained(model_dir)
-    peft_config = getattr(model, "peft_config", {}).get("default")
-    if getattr(peft_config, "trainable_token_indices", None):
-        model.save_pretrained(model_dir, safe_serialization=True, save_embedding_layers=False)
 
 
 TASK = Task(
