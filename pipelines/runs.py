@@ -96,10 +96,10 @@ def clear_run_dir(run_dir: Path) -> None:
 
 
 def write_json(path: Path, obj: dict) -> None:
-    """Write JSON atomically (temp file + rename) so readers never see half a file."""
-    tmp = Path(path).with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
-    tmp.replace(path)
+    """Write JSON atomically (temp file, fsync, rename) so readers and a crash never see half a file."""
+    from pipelines.checkpoints import write_text_atomic
+
+    write_text_atomic(Path(path), json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
 def append_log(run_dir: Path, row: dict) -> None:
