@@ -20,8 +20,8 @@ from pipelines.errors import TuneforgeError
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
 NOT_A_FOLDER = (errno.ENOTDIR, errno.EEXIST, errno.EISDIR)
-# safetensors (Rust) reports I/O failures as text: "IoError(Os { code: 28, kind: StorageFull, ... })".
-_RUST_OS_CODE = re.compile(r"Os \{ code: (\d+)")
+# safetensors (Rust) reports I/O failures as text: "I/O error: No space left on device (os error 28)".
+_RUST_OS_CODE = re.compile(r"\(os error (\d+)\)|Os \{ code: (\d+)")
 
 
 def _mb(n: float) -> str:
@@ -51,7 +51,7 @@ def os_errno(exc: BaseException) -> int | None:
         return exc.errno
     if type(exc).__name__ == "SafetensorError":
         match = _RUST_OS_CODE.search(str(exc))
-        return int(match.group(1)) if match else None
+        return int(match.group(1) or match.group(2)) if match else None
     return None
 
 
