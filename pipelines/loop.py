@@ -250,6 +250,8 @@ def build(recipe: Recipe, run_dir: Path, accelerator: Accelerator, mode: str, *,
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
     else:
         tokenizer = modeling.load_tokenizer(recipe.model.base)
+    modeling.check_tokenizer_fits(tokenizer, sample_texts(recipe, data["train"]),
+                                  "model.scratch" if recipe.model.scratch is not None else "model.base")
     model_kwargs = {}
     vocab_before = len(tokenizer)
     if task.prepare is not None:
@@ -279,6 +281,15 @@ def build(recipe: Recipe, run_dir: Path, accelerator: Accelerator, mode: str, *,
         modeling.freeze_all_but_head(model)
     features = {s: tokenize_cached(task, data[s], tokenizer, recipe, s) for s in data}
     return Prepared(task, model, tokenizer, data, features)
+
+
+def sample_texts(recipe: Recipe, rows: datasets.Dataset, n: int = 64) -> list[str]:
+    """Up to `n` training rows' texts (every string column the recipe's `data.columns` names), for tokenizer checks."""
+    columns = ["text"] if recipe.data.mix else [
+        c for cols in recipe.data.columns.values() for c in ([cols] if isinstance(cols, str) else cols)
+    ]
+    head = rows.select(range(min(n, len(rows))))
+    return [v for c in columns if c in head.column_names for v in head[c] if isinstance(v, str)]
 
 
 def tokenize_cached(task: Task, rows: datasets.Dataset, tokenizer, recipe: Recipe, split: str) -> datasets.Dataset:

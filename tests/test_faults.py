@@ -274,3 +274,200 @@ def test_lock_is_exclusive_and_a_stale_lock_is_taken_over(tmp_path, capsys):
     assert json.loads(first.path.read_text())["pid"] == os.getpid()
     second.release()
     assert not first.path.exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Bad inputs: every row ends with exit 2, one message with these words, no traceback, nothing on disk changed.
+
+ADAPTER = "adapter_config.json"
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory, corpus, pretrained) -> Path:
+    """A workspace of bad inputs next to good ones: models, data files, launch configs and recipes."""
+    ws = tmp_path_factory.mktemp("ws")
+    (ws / "runs").mkdir()
+    good = pretrained / "model"
+
+    def model(name: str, change) -> None:
+        shutil.copytree(good, ws / "models" / name)
+        change(ws / "models" / name)
+
+    model("good", lambda d: None)
+    model("garbage-weights", lambda d: (d / "model.safetensors").write_bytes(b"not a safetensors file" * 10))
+    model("truncated-weights", lambda d: (d / "model.safetensors").write_bytes(
+        (good / "model.safetensors").read_bytes()[:5000]))
+    model("empty-weights", lambda d: (d / "model.safetensors").write_bytes(b""))
+    model("config-not-json", lambda d: (d / "config.json").write_text("{ this is not json"))
+    model("config-no-type", lambda d: (d / "config.json").write_text('{"hidden_size": 4}'))
+    model("no-weights", lambda d: (d / "model.safetensors").unlink())
+    model("no-tokenizer", lambda d: [(d / f).unlink() for f in ("tokenizer.json", "tokenizer_config.json")])
+    model("adapter-not-json", lambda d: (d / ADAPTER).write_text("{broken"))
+
+    data = ws / "data"
+    data.mkdir()
+    (data / "empty.jsonl").write_text("")
+    (data / "latin1.jsonl").write_bytes('{"name_line": "caf\xe9", "description": "d\xe9j\xe0 vu"}\n'.encode("latin-1"))
+    rows = corpus.read_text().splitlines()
+    (data / "truncated.jsonl").write_text("\n".join(rows[:50]) + "\n" + rows[50][:25] + "\n")
+    (data / "mixed.jsonl").write_text("\n".join(rows[:30] + ['{"name_line": 5, "description": ["a", "b"]}']) + "\n")
+    (data / "empty.csv").write_text("")
+    (data / "latin1.csv").write_bytes("name_line,description\ncaf\xe9,d\xe9j\xe0\n".encode("latin-1"))
+    (data / "garbage.parquet").write_bytes(b"PAR1 not really parquet")
+    (data / "empty.txt").write_text("")
+    (data / "folder.jsonl").mkdir()
+    (data / "array.json").write_text('["just", "strings"]')
+    (data / "blank-texts.jsonl").write_text("".join(json.dumps({"name_line": " ", "description": " "}) + "\n"
+                                                   for _ in range(200)))
+
+    launch = ws / "launch"
+    launch.mkdir()
+    base_launch = {"compute_environment": "LOCAL_MACHINE", "distributed_type": "MULTI_GPU", "mixed_precision": "no",
+                   "num_machines": 1, "machine_rank": 0, "num_processes": 2, "main_process_port": 29500}
+    bad_launch = {
+        "zero-procs": {"num_processes": 0}, "neg-procs": {"num_processes": -2}, "str-procs": {"num_processes": "two"},
+        "rank-too-big": {"num_machines": 2, "machine_rank": 2, "num_processes": 4},
+        "neg-rank": {"machine_rank": -1}, "zero-machines": {"num_machines": 0},
+        "fewer-procs-than-machines": {"num_machines": 4, "num_processes": 2},
+        "port-out-of-range": {"main_process_port": 70000}, "precision": {"mixed_precision": "fp12"},
+        "dist-type": {"distributed_type": "BANANA"},
+        "procs-not-multiple": {"num_machines": 2, "num_processes": 3},
+    }
+    for name, change in bad_launch.items():
+        (launch / f"{name}.yaml").write_text(yaml.safe_dump({**base_launch, **change}))
+    (launch / "not-yaml.yaml").write_text("distributed_type: [MULTI_GPU\nnum_processes: 2\n")
+    (launch / "latin1.yaml").write_bytes("distributed_type: MULTI_GPU # caf\xe9\n".encode("latin-1"))
+    (launch / "list.yaml").write_text("- distributed_type\n- MULTI_GPU\n")
+    (launch / "empty.yaml").write_text("")
+
+    recipes = ws / "recipes"
+    recipes.mkdir()
+
+    def recipe(name: str, raw: dict) -> None:
+        (recipes / f"{name}.yaml").write_text(yaml.safe_dump(raw))
+
+    lora = tiny_lora_raw(corpus, ws / "runs", ws / "models" / "good", "lora", max_steps=2)
+    recipe("good", lora)
+    for name in ("garbage-weights", "truncated-weights", "empty-weights", "config-not-json", "config-no-type",
+                 "no-weights", "no-tokenizer", "adapter-not-json"):
+        recipe(f"base-{name}", {**lora, "model": {"base": str(ws / "models" / name)}})
+    for name in ("empty.jsonl", "latin1.jsonl", "truncated.jsonl", "mixed.jsonl", "empty.csv", "latin1.csv",
+                 "garbage.parquet", "empty.txt", "folder.jsonl", "array.json", "blank-texts.jsonl"):
+        recipe(f"data-{name}", {**lora, "data": {**lora["data"], "source": str(data / name)}})
+    (ws / "a-file").write_text("not a folder")
+    recipe("output-dir-is-file", {**lora, "output": {"dir": str(ws / "a-file"), "name": "x"}})
+    recipe("output-under-file", {**lora, "output": {"dir": str(ws / "a-file" / "sub"), "name": "x"}})
+    (recipes / "not-yaml.yaml").write_text("task: causal_lm\nmodel: {base: [\n")
+    (recipes / "latin1.yaml").write_bytes("task: causal_lm # caf\xe9\n".encode("latin-1"))
+    (recipes / "list.yaml").write_text("- task\n")
+    (recipes / "empty.yaml").write_text("")
+    tiny_vocab = tiny_gpt_raw(corpus, ws / "runs", "tiny-vocab")
+    tiny_vocab["model"]["scratch"]["vocab_size"] = 2
+    recipe("tiny-vocab", tiny_vocab)
+    return ws
+
+
+W = "{ws}"
+GOOD = f"{W}/recipes/good.yaml"
+# (id, argv, words of the message): "{ws}" is the workspace above.
+BAD_INPUTS = [
+    # recipes and overrides
+    ("recipe-missing", ["train", f"{W}/recipes/nope.yaml"], ["no such file"]),
+    ("recipe-is-folder", ["train", f"{W}/recipes"], ["is a folder"]),
+    ("recipe-not-yaml", ["train", f"{W}/recipes/not-yaml.yaml"], ["not valid YAML"]),
+    ("recipe-not-utf8", ["train", f"{W}/recipes/latin1.yaml"], ["not UTF-8"]),
+    ("recipe-a-list", ["train", f"{W}/recipes/list.yaml"], ["expected a YAML mapping"]),
+    ("recipe-empty", ["train", f"{W}/recipes/empty.yaml"], ["expected a YAML mapping"]),
+    ("override-unknown-key", ["train", GOOD, "train.max_setps=3"], ["train.max_setps", "did you mean"]),
+    ("override-not-a-number", ["train", GOOD, "train.max_steps=abc"], ["train.max_steps"]),
+    ("override-zero-steps", ["train", GOOD, "train.max_steps=0"], ["train.max_steps"]),
+    ("override-negative-lr", ["train", GOOD, "train.learning_rate=-1"], ["train.learning_rate"]),
+    ("override-zero-batch", ["train", GOOD, "train.micro_batch_size=0"], ["train.micro_batch_size"]),
+    ("override-no-section", ["train", GOOD, "max_steps=3"], ["expected section.key=value"]),
+    ("override-unknown-task", ["train", GOOD, "task=poetry"], ["task"]),
+    ("override-batch-too-big", ["train", GOOD, "train.micro_batch_size=100000"], ["cannot fill one global batch"]),
+    ("override-indivisible-global", ["train", GOOD, "train.global_batch_size=7", "train.micro_batch_size=2"],
+     ["train.global_batch_size", "not divisible"]),
+    ("override-lora-target", ["train", GOOD, "lora.target_modules=[nope]"], ["lora.target_modules", "nope"]),
+    ("override-column-missing", ["train", GOOD, "data.columns.text=nope"], ["no column 'nope'"]),
+    ("override-max-length", ["train", GOOD, "data.max_length=100000"], ["data.max_length", "positions"]),
+    ("output-dir-is-file", ["train", f"{W}/recipes/output-dir-is-file.yaml"], ["is a file", "output.dir"]),
+    ("output-dir-under-file", ["train", f"{W}/recipes/output-under-file.yaml"], ["is a file", "output.dir"]),
+    ("tokenizer-tiny-vocab", ["train", f"{W}/recipes/tiny-vocab.yaml"], ["vocab_size"]),
+    # models
+    ("base-garbage-weights", ["train", f"{W}/recipes/base-garbage-weights.yaml"],
+     ["model.safetensors", "corrupted"]),
+    ("base-truncated-weights", ["train", f"{W}/recipes/base-truncated-weights.yaml"],
+     ["model.safetensors", "corrupted"]),
+    ("base-empty-weights", ["train", f"{W}/recipes/base-empty-weights.yaml"], ["model.safetensors", "corrupted"]),
+    ("base-config-not-json", ["train", f"{W}/recipes/base-config-not-json.yaml"], ["config.json", "not valid JSON"]),
+    ("base-config-no-type", ["train", f"{W}/recipes/base-config-no-type.yaml"], ["config.json", "model_type"]),
+    ("base-no-weights", ["train", f"{W}/recipes/base-no-weights.yaml"], ["model.base", "safetensors"]),
+    ("base-no-tokenizer", ["train", f"{W}/recipes/base-no-tokenizer.yaml"], ["tokenizer", "model.base"]),
+    ("base-adapter-not-json", ["train", f"{W}/recipes/base-adapter-not-json.yaml"],
+     ["adapter_config.json", "not valid JSON"]),
+    ("base-missing", ["train", GOOD, f"model.base={W}/models/nope"], ["does not exist"]),
+    ("base-is-file", ["train", GOOD, f"model.base={W}/a-file"], ["is a file"]),
+    ("base-unknown-alias", ["train", GOOD, "model.base=builtin:nope"], ["unknown alias"]),
+    ("eval-recipe-garbage-weights", ["eval", f"{W}/models/garbage-weights", "--recipe", GOOD,
+                                     "--out", f"{W}/runs/ev"], ["model.safetensors", "corrupted"]),
+    ("eval-recipe-config-not-json", ["eval", f"{W}/models/config-not-json", "--recipe", GOOD,
+                                     "--out", f"{W}/runs/ev"], ["config.json", "not valid JSON"]),
+    ("eval-not-a-run", ["eval", f"{W}/data"], ["not a run folder"]),
+    ("eval-missing", ["eval", f"{W}/nope"], ["nope"]),
+    # data files
+    ("data-empty-jsonl", ["train", f"{W}/recipes/data-empty.jsonl.yaml"], ["empty.jsonl", "no rows"]),
+    ("data-not-utf8", ["train", f"{W}/recipes/data-latin1.jsonl.yaml"], ["latin1.jsonl", "UTF-8"]),
+    ("data-truncated-line", ["train", f"{W}/recipes/data-truncated.jsonl.yaml"], ["truncated.jsonl", "JSON"]),
+    ("data-mixed-types", ["train", f"{W}/recipes/data-mixed.jsonl.yaml"], ["mixed.jsonl"]),
+    ("data-empty-csv", ["train", f"{W}/recipes/data-empty.csv.yaml"], ["empty.csv", "no rows"]),
+    ("data-csv-not-utf8", ["train", f"{W}/recipes/data-latin1.csv.yaml"], ["latin1.csv", "UTF-8"]),
+    ("data-garbage-parquet", ["train", f"{W}/recipes/data-garbage.parquet.yaml"], ["garbage.parquet"]),
+    ("data-empty-txt", ["train", f"{W}/recipes/data-empty.txt.yaml"], ["empty.txt"]),
+    ("data-folder", ["train", f"{W}/recipes/data-folder.jsonl.yaml"], ["folder.jsonl", "is a folder"]),
+    ("data-json-array-of-strings", ["train", f"{W}/recipes/data-array.json.yaml"], ["array.json"]),
+    ("data-blank-texts", ["train", f"{W}/recipes/data-blank-texts.jsonl.yaml"], ["empty"]),
+    ("data-unknown-builtin", ["train", GOOD, "data.source=manpagez"], ["did you mean 'manpages'"]),
+    ("data-missing-file", ["train", GOOD, f"data.source={W}/data/nope.jsonl"], ["does not exist"]),
+    # launch configs
+    *[(f"launch-{name}", ["validate", GOOD, "--launch-config", f"{W}/launch/{name}.yaml"], words) for name, words in [
+        ("zero-procs", ["num_processes", "0"]), ("neg-procs", ["num_processes", "-2"]),
+        ("str-procs", ["num_processes", "two"]), ("rank-too-big", ["machine_rank", "num_machines"]),
+        ("neg-rank", ["machine_rank"]), ("zero-machines", ["num_machines"]),
+        ("fewer-procs-than-machines", ["num_processes", "num_machines"]),
+        ("port-out-of-range", ["main_process_port", "70000"]), ("precision", ["mixed_precision", "fp12"]),
+        ("dist-type", ["distributed_type", "BANANA"]), ("procs-not-multiple", ["num_processes", "num_machines"]),
+        ("not-yaml", ["not valid YAML"]), ("latin1", ["UTF-8"]), ("list", ["not an Accelerate config"]),
+        ("empty", ["not an Accelerate config"]), ("nope", ["does not exist"]),
+    ]],
+    # other commands and flags
+    ("data-unknown-name", ["data", "nope"], ["nope"]),
+    ("compare-missing-dir", ["compare", f"{W}/nope"], ["nope"]),
+    ("demo-port-out-of-range", ["demo", f"{W}/runs", "--port", "99999"], ["--port", "99999"]),
+    ("demo-port-zero", ["demo", f"{W}/runs", "--port", "-1"], ["--port", "-1"]),
+    ("demo-port-in-use", ["demo", f"{W}/runs", "--port", "{busy_port}"], ["--port", "in use"]),
+    ("demo-runs-missing", ["demo", f"{W}/nope"], ["nope"]),
+]
+
+
+@pytest.fixture(scope="module")
+def busy_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(1)
+        yield sock.getsockname()[1]
+
+
+@pytest.mark.parametrize(("argv", "words"), [row[1:] for row in BAD_INPUTS], ids=[row[0] for row in BAD_INPUTS])
+def test_bad_input_is_one_clear_error(argv, words, ws, pretrained, busy_port, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    argv = [a.replace(W, str(ws)).replace("{busy_port}", str(busy_port)) for a in argv]
+    before = snapshot(ws, pretrained)
+    code = cli.main(argv)
+    out, err = capsys.readouterr()
+    text = out + err
+    print(f"ROW {argv[:2]} -> {code}: {text.strip()[-700:]}", file=sys.__stderr__)
+    assert code == 2, text[-3000:]
+    assert "Traceback" not in text
+    assert all(w in text for w in words), text[-3000:]
+    assert snapshot(ws, pretrained) == before
