@@ -139,7 +139,8 @@ def test_kill_at_a_random_step_then_resume_is_bitwise_equal(uninterrupted, corpu
 
     def logged() -> bool:
         log = run / "log.jsonl"
-        return (run / "checkpoints" / "step_4").is_dir() and log.is_file() and len(log.read_text().splitlines()) >= rows
+        ready = (run / "checkpoints" / "step_4").is_dir() and log.is_file()
+        return ready and len(log.read_text().splitlines()) >= rows
 
     assert kill_when(spawn_train(recipe), logged)
     loop.train(build_recipe(raw, ["train.resume=auto"]), run)
@@ -282,6 +283,29 @@ def test_lock_is_exclusive_and_a_stale_lock_is_taken_over(tmp_path, capsys):
 ADAPTER = "adapter_config.json"
 
 
+def word_tokenizer(folder: Path, words: list[str]) -> None:
+    """Replace a model folder's tokenizer by a word-level one knowing only `words` (others -> [UNK])."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel({"[UNK]": 0, **{w: i + 1 for i, w in enumerate(words)}}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    for f in folder.glob("tokenizer*"):
+        f.unlink()
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", eos_token="[UNK]").save_pretrained(folder)
+
+
+def char_tokenizer(folder: Path, chars: list[str]) -> None:
+    """Replace a model folder's tokenizer by a BPE over `chars` without an unknown token: other text encodes to []."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE({c: i for i, c in enumerate(chars)}, [], unk_token=None))
+    for f in folder.glob("tokenizer*"):
+        f.unlink()
+    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=chars[0]).save_pretrained(folder)
+
+
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory, corpus, pretrained) -> Path:
     """A workspace of bad inputs next to good ones: models, data files, launch configs and recipes."""
@@ -303,6 +327,9 @@ def ws(tmp_path_factory, corpus, pretrained) -> Path:
     model("no-weights", lambda d: (d / "model.safetensors").unlink())
     model("no-tokenizer", lambda d: [(d / f).unlink() for f in ("tokenizer.json", "tokenizer_config.json")])
     model("adapter-not-json", lambda d: (d / ADAPTER).write_text("{broken"))
+    model("tokenizer-4-tokens", lambda d: word_tokenizer(d, ["the", "a", "cat"]))
+    model("tokenizer-mostly-unknown", lambda d: word_tokenizer(d, [f"w{i}" for i in range(30)] + ["the"]))
+    model("tokenizer-drops-everything", lambda d: char_tokenizer(d, [chr(0x3B1 + i) for i in range(20)]))
 
     data = ws / "data"
     data.mkdir()
@@ -349,7 +376,8 @@ def ws(tmp_path_factory, corpus, pretrained) -> Path:
     lora = tiny_lora_raw(corpus, ws / "runs", ws / "models" / "good", "lora", max_steps=2)
     recipe("good", lora)
     for name in ("garbage-weights", "truncated-weights", "empty-weights", "config-not-json", "config-no-type",
-                 "no-weights", "no-tokenizer", "adapter-not-json"):
+                 "no-weights", "no-tokenizer", "adapter-not-json", "tokenizer-4-tokens", "tokenizer-mostly-unknown",
+                 "tokenizer-drops-everything"):
         recipe(f"base-{name}", {**lora, "model": {"base": str(ws / "models" / name)}})
     for name in ("empty.jsonl", "latin1.jsonl", "truncated.jsonl", "mixed.jsonl", "empty.csv", "latin1.csv",
                  "garbage.parquet", "empty.txt", "folder.jsonl", "array.json", "blank-texts.jsonl"):
@@ -383,7 +411,7 @@ BAD_INPUTS = [
     ("override-zero-steps", ["train", GOOD, "train.max_steps=0"], ["train.max_steps"]),
     ("override-negative-lr", ["train", GOOD, "train.learning_rate=-1"], ["train.learning_rate"]),
     ("override-zero-batch", ["train", GOOD, "train.micro_batch_size=0"], ["train.micro_batch_size"]),
-    ("override-no-section", ["train", GOOD, "max_steps=3"], ["expected section.key=value"]),
+    ("override-no-section", ["train", GOOD, "max_steps=3"], ["max_steps", "unknown key"]),
     ("override-unknown-task", ["train", GOOD, "task=poetry"], ["task"]),
     ("override-batch-too-big", ["train", GOOD, "train.micro_batch_size=100000"], ["cannot fill one global batch"]),
     ("override-indivisible-global", ["train", GOOD, "train.global_batch_size=7", "train.micro_batch_size=2"],
@@ -393,7 +421,12 @@ BAD_INPUTS = [
     ("override-max-length", ["train", GOOD, "data.max_length=100000"], ["data.max_length", "positions"]),
     ("output-dir-is-file", ["train", f"{W}/recipes/output-dir-is-file.yaml"], ["is a file", "output.dir"]),
     ("output-dir-under-file", ["train", f"{W}/recipes/output-under-file.yaml"], ["is a file", "output.dir"]),
-    ("tokenizer-tiny-vocab", ["train", f"{W}/recipes/tiny-vocab.yaml"], ["vocab_size"]),
+    ("scratch-vocab-too-small", ["train", f"{W}/recipes/tiny-vocab.yaml"], ["vocab_size", "256"]),
+    ("tokenizer-4-tokens", ["train", f"{W}/recipes/base-tokenizer-4-tokens.yaml"], ["4 token(s)", "cannot spell"]),
+    ("tokenizer-mostly-unknown", ["train", f"{W}/recipes/base-tokenizer-mostly-unknown.yaml"],
+     ["unknown token", "does not cover"]),
+    ("tokenizer-drops-everything", ["train", f"{W}/recipes/base-tokenizer-drops-everything.yaml"],
+     ["to no tokens at all"]),
     # models
     ("base-garbage-weights", ["train", f"{W}/recipes/base-garbage-weights.yaml"],
      ["model.safetensors", "corrupted"]),
@@ -426,7 +459,7 @@ BAD_INPUTS = [
     ("data-empty-txt", ["train", f"{W}/recipes/data-empty.txt.yaml"], ["empty.txt"]),
     ("data-folder", ["train", f"{W}/recipes/data-folder.jsonl.yaml"], ["folder.jsonl", "is a folder"]),
     ("data-json-array-of-strings", ["train", f"{W}/recipes/data-array.json.yaml"], ["array.json"]),
-    ("data-blank-texts", ["train", f"{W}/recipes/data-blank-texts.jsonl.yaml"], ["empty"]),
+    ("data-all-rows-identical", ["train", f"{W}/recipes/data-blank-texts.jsonl.yaml"], ["split", "is empty"]),
     ("data-unknown-builtin", ["train", GOOD, "data.source=manpagez"], ["did you mean 'manpages'"]),
     ("data-missing-file", ["train", GOOD, f"data.source={W}/data/nope.jsonl"], ["does not exist"]),
     # launch configs
@@ -466,8 +499,41 @@ def test_bad_input_is_one_clear_error(argv, words, ws, pretrained, busy_port, ca
     code = cli.main(argv)
     out, err = capsys.readouterr()
     text = out + err
-    print(f"ROW {argv[:2]} -> {code}: {text.strip()[-700:]}", file=sys.__stderr__)
+    if os.environ.get("FAULTS_REPORT"):  # the table of messages for a report: FAULTS_REPORT=FILE pytest ...
+        with open(os.environ["FAULTS_REPORT"], "a") as f:
+            f.write(json.dumps({"argv": argv, "code": code, "message": text[text.find("error:"):].strip()}) + "\n")
     assert code == 2, text[-3000:]
     assert "Traceback" not in text
     assert all(w in text for w in words), text[-3000:]
     assert snapshot(ws, pretrained) == before
+
+
+@pytest.mark.parametrize(("settings", "words"), [
+    ({"max_new_tokens": "abc"}, "expected numbers"), ({"max_new_tokens": 0}, "max_new_tokens"),
+    ({"max_new_tokens": 8, "temperature": "hot"}, "expected numbers"), ({"max_new_tokens": 8, "top_p": 0}, "top_p"),
+    ({"max_new_tokens": 8, "num_beams": 0}, "num_beams"), ({"max_new_tokens": 8, "top_p": None}, "expected numbers"),
+], ids=["tokens-not-number", "tokens-zero", "temperature-not-number", "top-p-zero", "beams-zero", "top-p-none"])
+def test_bad_demo_api_values_are_one_message(settings, words):
+    from demo.inference import decoding
+
+    with pytest.raises(TuneforgeError, match=f"generation settings: .*{words}"):
+        decoding(**settings)
+
+
+def test_the_real_command_exits_2_without_traceback(ws):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-m", "pipelines.cli", "validate", str(ws / "recipes" / "good.yaml"),
+                             "--launch-config", str(ws / "launch" / "zero-procs.yaml")],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "num_processes: 0 must be a whole number >= 1" in result.stderr
+
+
+def test_an_internal_error_is_named_a_bug_and_keeps_its_traceback(monkeypatch, capsys):
+    def broken(args):
+        raise RuntimeError("boom")
+
+    monkeypatch.setitem(cli.COMMANDS, "compare", broken)
+    with pytest.raises(RuntimeError, match="boom"):
+        cli.main(["compare"])
+    assert "internal error (RuntimeError): this is a bug in tuneforge" in capsys.readouterr().err
