@@ -65,7 +65,7 @@ def record(run_dir: Path) -> tuple[dict, list[dict]]:
     return train, log
 
 
-RESUME_TRAIN = {"max_steps": 12, "save_every": 4, "log_every": 2, "eval_every": 4, "keep_checkpoints": 2}
+RESUME_TRAIN = {"max_steps": 8, "save_every": 2, "log_every": 1, "eval_every": 3, "keep_checkpoints": 2}
 
 
 @pytest.fixture(scope="module")
@@ -121,13 +121,13 @@ def test_kill_inside_a_checkpoint_save_then_resume_is_bitwise_equal(uninterrupte
     raw = tiny_gpt_raw(corpus, tmp_path, "killed", **RESUME_TRAIN)
     recipe = write_recipe(tmp_path / "killed.yaml", raw)
     run = tmp_path / "killed"
-    tmp8 = run / "checkpoints" / ".tmp-step_8"
-    assert kill_when(spawn_train(recipe), tmp8.exists), "the run ended before its step-8 save"
-    assert tmp8.exists() and not (run / "checkpoints" / "step_8").exists()
-    assert checkpoints.latest_complete(run)[0].name == "step_4"
+    tmp4 = run / "checkpoints" / ".tmp-step_4"
+    assert kill_when(spawn_train(recipe), tmp4.exists), "the run ended before its step-4 save"
+    assert tmp4.exists() and not (run / "checkpoints" / "step_4").exists()
+    assert checkpoints.latest_complete(run)[0].name == "step_2"
     loop.train(build_recipe(raw, ["train.resume=auto"]), run)
     assert_same_run(run, uninterrupted)
-    assert not tmp8.exists()
+    assert not tmp4.exists()
 
 
 def test_kill_at_a_random_step_then_resume_is_bitwise_equal(uninterrupted, corpus, tmp_path):
@@ -139,7 +139,7 @@ def test_kill_at_a_random_step_then_resume_is_bitwise_equal(uninterrupted, corpu
 
     def logged() -> bool:
         log = run / "log.jsonl"
-        ready = (run / "checkpoints" / "step_4").is_dir() and log.is_file()
+        ready = (run / "checkpoints" / "step_2").is_dir() and log.is_file()
         return ready and len(log.read_text().splitlines()) >= rows
 
     assert kill_when(spawn_train(recipe), logged)
@@ -152,52 +152,52 @@ def test_a_save_that_fails_midway_is_never_picked(uninterrupted, corpus, tmp_pat
     run = tmp_path / "broken"
     real = checkpoints.fsync_tree
 
-    def fail_at_step_8(root):  # every file of the save is written, then the machine "dies" before the rename
-        if root.name == ".tmp-step_8":
+    def fail_at_step_4(root):  # every file of the save is written, then the machine "dies" before the rename
+        if root.name == ".tmp-step_4":
             raise OSError(errno.EIO, "Input/output error")
         real(root)
 
-    monkeypatch.setattr(checkpoints, "fsync_tree", fail_at_step_8)
+    monkeypatch.setattr(checkpoints, "fsync_tree", fail_at_step_4)
     with pytest.raises(OSError):
         loop.train(build_recipe(raw), run)
     monkeypatch.setattr(checkpoints, "fsync_tree", real)
     # An older-style half checkpoint under the final name is skipped too, with the reason, and left in place.
-    fake = run / "checkpoints" / "step_9"
+    fake = run / "checkpoints" / "step_5"
     fake.mkdir()
     (fake / "model.safetensors").write_bytes(b"half")
     capsys.readouterr()
     loop.train(build_recipe(raw, ["train.resume=auto"]), run)
     err = capsys.readouterr().err
-    assert "skipping incomplete checkpoint" in err and "step_9" in err and "no manifest" in err
-    assert "resuming broken from" in err and "step_4" in err
+    assert "skipping incomplete checkpoint" in err and "step_5" in err and "no manifest" in err
+    assert "resuming broken from" in err and "step_2" in err
     assert_same_run(run, uninterrupted)
 
 
-def test_full_disk_is_one_message_and_the_run_resumes_after_space_is_freed(corpus, tmp_path, capsys):
+def test_full_disk_is_one_message_and_the_run_resumes_after_space_is_freed(corpus, tmp_path, capsys, monkeypatch):
     mount = tmp_path / "small"
     mount.mkdir()
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1200k", "tmpfs", str(mount)],
                       capture_output=True).returncode:
         pytest.skip("mounting a tmpfs needs root (the patched-writer test below covers the message)")
     try:
-        raw = tiny_gpt_raw(corpus, mount, "full-disk", max_steps=12, save_every=2, keep_checkpoints=1)
+        raw = tiny_gpt_raw(corpus, mount, "full-disk", max_steps=8, save_every=2, keep_checkpoints=1)
         recipe = write_recipe(tmp_path / "r.yaml", raw)
-        (mount / "ballast").write_bytes(b"\0" * 100_000)
         filler = mount / "filler"
-        # Fill the disk once the first checkpoint is complete, so a later save runs out of space.
-        proc = spawn_train(recipe)
-        deadline = time.monotonic() + 120
-        while not (mount / "full-disk" / "checkpoints" / "step_2").is_dir() and time.monotonic() < deadline:
-            time.sleep(0.005)
-        free = shutil.disk_usage(mount).free
-        filler.write_bytes(b"\0" * max(0, free - 20_000))
-        _, err = proc.communicate(timeout=300)
-        assert proc.returncode == 2, err[-2000:]
-        assert "Traceback" not in err and "no space left" in err and "MB free" in err and "needs about" in err
-        latest = checkpoints.latest_complete(mount / "full-disk")
-        assert latest is not None
+        real_save = checkpoints.save
+
+        def save_then_fill_the_disk(accelerator, run_dir, step, keep, state):
+            path = real_save(accelerator, run_dir, step, keep, state)
+            if step == 2:  # a real ENOSPC from the file system at the next save
+                filler.write_bytes(b"\0" * max(0, shutil.disk_usage(mount).free - 20_000))
+            return path
+
+        monkeypatch.setattr(checkpoints, "save", save_then_fill_the_disk)
+        assert cli.main(["train", str(recipe)]) == 2
+        err = capsys.readouterr().err
+        assert "no space left" in err and "MB free" in err and "needs about" in err and "Traceback" not in err
+        assert checkpoints.latest_complete(mount / "full-disk")[0].name == "step_2"
+        monkeypatch.setattr(checkpoints, "save", real_save)
         filler.unlink()
-        (mount / "ballast").unlink()
         assert cli.main(["train", str(recipe), "train.resume=auto"]) == 0
         assert read_metrics(mount / "full-disk")["status"] == "finished"
     finally:
@@ -248,7 +248,7 @@ def test_an_error_before_the_first_checkpoint_leaves_no_folder(corpus, tmp_path,
 
 
 def test_two_starts_within_milliseconds_exactly_one_proceeds(corpus, tmp_path):
-    recipe = write_recipe(tmp_path / "r.yaml", tiny_gpt_raw(corpus, tmp_path / "runs", "race", max_steps=6))
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_gpt_raw(corpus, tmp_path / "runs", "race", max_steps=2))
     procs = [spawn_train(recipe), spawn_train(recipe)]
     results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
     codes = sorted(code for code, _ in results)
