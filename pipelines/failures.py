@@ -77,6 +77,8 @@ def message(exc: BaseException, folder: Path, field: str, needed: int | Callable
                 f"{have}{need}. Free some space (or point {field} at a larger disk) and run again")
     if code in NOT_WRITABLE:
         why = "read-only file system" if code == errno.EROFS else "permission denied"
+        if not Path(where).absolute().is_relative_to(Path(folder).absolute()):  # e.g. an unreadable input file
+            return f"{str(where)!r}: {why}; fix its permissions (or copy it somewhere readable)"
         return f"{field}: cannot write to {str(where)!r} ({why}); choose a writable {field} or fix its permissions"
     if code in NOT_A_FOLDER:
         why = exc.strerror if isinstance(exc, OSError) else str(exc)

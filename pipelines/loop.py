@@ -462,6 +462,7 @@ def train(recipe: Recipe, run_dir: Path, *, overwrite: bool = False, launch: str
     if refused is not None:
         raise TuneforgeError(refused)
     existed = run_dir.exists()
+    was_empty = existed and run_dir.is_dir() and not any(run_dir.iterdir())
     mode = None
     try:
         mode = runs.check_run_dir(run_dir, overwrite=overwrite, resume=recipe.train.resume)
@@ -473,6 +474,8 @@ def train(recipe: Recipe, run_dir: Path, *, overwrite: bool = False, launch: str
         if main and mode == "fresh" and run_dir.exists() and not checkpoints.has_complete(run_dir):
             if not existed or overwrite or (run_dir / "recipe.yaml").is_file():
                 runs.clear_run_dir(run_dir)
+                if was_empty:  # the user's own empty folder stays
+                    run_dir.mkdir()
         raise
     finally:
         if main:
