@@ -367,6 +367,11 @@ def ws(tmp_path_factory, corpus, pretrained) -> Path:
     (launch / "list.yaml").write_text("- distributed_type\n- MULTI_GPU\n")
     (launch / "empty.yaml").write_text("")
 
+    for name, file, text in [("broken-metrics", "metrics.json", '{"status": "fini'),
+                             ("broken-recipe", "recipe.yaml", "task: [causal_lm\n")]:
+        shutil.copytree(pretrained, ws / "runs-bad" / name, ignore=shutil.ignore_patterns("checkpoints"))
+        (ws / "runs-bad" / name / file).write_text(text)
+
     recipes = ws / "recipes"
     recipes.mkdir()
 
@@ -447,6 +452,10 @@ BAD_INPUTS = [
     ("eval-recipe-config-not-json", ["eval", f"{W}/models/config-not-json", "--recipe", GOOD,
                                      "--out", f"{W}/runs/ev"], ["config.json", "not valid JSON"]),
     ("eval-not-a-run", ["eval", f"{W}/data"], ["not a run folder"]),
+    ("eval-run-recipe-not-yaml", ["eval", f"{W}/runs-bad/broken-recipe"], ["recipe.yaml", "not valid UTF-8 YAML"]),
+    ("eval-run-metrics-not-json", ["eval", f"{W}/runs-bad/broken-metrics"], ["metrics.json", "not valid JSON"]),
+    ("resume-run-metrics-not-json", ["train", GOOD, f"output.dir={W}/runs-bad", "output.name=broken-metrics",
+                                     "train.resume=auto"], ["metrics.json", "not valid JSON"]),
     ("eval-missing", ["eval", f"{W}/nope"], ["nope"]),
     # data files
     ("data-empty-jsonl", ["train", f"{W}/recipes/data-empty.jsonl.yaml"], ["empty.jsonl", "no rows"]),
