@@ -101,6 +101,15 @@ def replace_dir(tmp: Path, final: Path) -> None:
         shutil.rmtree(old)
 
 
+def recover_dir(final: Path) -> None:
+    """Put back a folder that `replace_dir` moved aside when a crash came between its two renames."""
+    final = Path(final)
+    old = final.with_name(f"{TMP_PREFIX}old-{final.name}")
+    if old.is_dir() and not final.exists():
+        warn(f"restoring {final} from {old} (a replacement was interrupted)")
+        os.rename(old, final)
+
+
 @contextlib.contextmanager
 def atomic_dir(final: Path) -> Iterator[Path]:
     """Yield a temporary sibling folder to fill; on success it becomes `final` (fsynced, then renamed).
@@ -218,13 +227,14 @@ def latest_complete(run_dir: Path, rank: int = 0) -> tuple[Path, dict] | None:
         TuneforgeError: the checkpoint was written by a different number of processes.
     """
     root = Path(run_dir) / CHECKPOINTS
+    say = warn if rank == 0 else (lambda message: None)  # one notice per run, not one per process
     if root.is_dir():
         for tmp in sorted(root.glob(f"{TMP_PREFIX}step_*")):
-            warn(f"ignoring {tmp}: an interrupted checkpoint save (never complete); the next save replaces it")
+            say(f"ignoring {tmp}: an interrupted checkpoint save (never complete); the next save replaces it")
     for path in reversed(step_dirs(run_dir)):
         reason = _check(path)
         if reason is not None:
-            warn(f"skipping incomplete checkpoint {path}: {reason}. It is left in place")
+            say(f"skipping incomplete checkpoint {path}: {reason}. It is left in place")
             continue
         manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
         state_file = path / STATE_FILE.format(rank=rank)

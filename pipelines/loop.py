@@ -491,6 +491,8 @@ def _train(recipe: Recipe, run_dir: Path, accelerator: Accelerator, mode: str, l
         runs.clear_run_dir(run_dir)
         run_dir.mkdir(parents=True)
         (run_dir / "recipe.yaml").write_text(recipe.to_yaml())
+    if main and mode == "resume":  # a scratch run's tokenizer lives in model/; a crash may have moved it aside
+        checkpoints.recover_dir(run_dir / "model")
     accelerator.wait_for_everyone()
 
     set_seed(cfg.seed)
