@@ -546,3 +546,45 @@ def test_an_internal_error_is_named_a_bug_and_keeps_its_traceback(monkeypatch, c
     with pytest.raises(RuntimeError, match="boom"):
         cli.main(["compare"])
     assert "internal error (RuntimeError): this is a bug in tuneforge" in capsys.readouterr().err
+
+
+def test_atomic_dir_and_json_never_leave_half_a_folder_or_file(tmp_path, monkeypatch):
+    final = tmp_path / "model"
+    final.mkdir()
+    (final / "weights").write_text("old")
+    with pytest.raises(RuntimeError), checkpoints.atomic_dir(final) as tmp:
+        (tmp / "weights").write_text("half")
+        raise RuntimeError("crash while writing")
+    assert (final / "weights").read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    with checkpoints.atomic_dir(final) as tmp:
+        (tmp / "weights").write_text("new")
+    assert (final / "weights").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    # A crash between replace_dir's two renames: the old folder is put back on resume.
+    os.rename(final, tmp_path / ".tmp-old-model")
+    checkpoints.recover_dir(final)
+    assert (final / "weights").read_text() == "new"
+
+    target = tmp_path / "metrics.json"
+    target.write_text("old")
+    monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left")))
+    with pytest.raises(OSError):
+        checkpoints.write_text_atomic(target, "new")
+    assert target.read_text() == "old" and not (tmp_path / ".tmp-metrics.json").exists()
+
+
+def test_a_checkpoint_whose_files_do_not_match_its_manifest_is_skipped(tmp_path, capsys):
+    root = tmp_path / "checkpoints"
+    for step in (2, 4):
+        (root / f"step_{step}").mkdir(parents=True)
+        (root / f"step_{step}" / "model.safetensors").write_bytes(b"x" * 10)
+        (root / f"step_{step}" / "tuneforge-state-0.json").write_text(json.dumps({"tokens": step}))
+        files = {"model.safetensors": 10, "tuneforge-state-0.json": 13}
+        (root / f"step_{step}" / checkpoints.MANIFEST).write_text(
+            json.dumps({"step": step, "processes": 1, "log_rows": step, "files": files}))
+    (root / "step_4" / "model.safetensors").write_bytes(b"x" * 3)  # cut short after the manifest was written
+    path, state = checkpoints.latest_complete(tmp_path)
+    assert path.name == "step_2" and state == {"tokens": 2, "step": 2, "log_rows": 2}
+    assert "model.safetensors has 3 bytes, the manifest says 10" in capsys.readouterr().err
+    assert (root / "step_4").is_dir()  # never deleted without saying so
+    with pytest.raises(TuneforgeError, match="same number of processes"):
+        checkpoints.latest_complete(tmp_path, rank=1)
