@@ -95,13 +95,25 @@ def read_local_file(path: Path, builder: str) -> datasets.Dataset:
         raise TuneforgeError(f"{where} cannot be read as {builder} ({detail}); fix the file or convert it") from None
     if len(ds) == 0:
         raise TuneforgeError(f"{where} has no rows; give a file with data")
-    for column, feature in ds.features.items():
-        if type(feature).__name__ == "Json":  # `datasets` found more than one type in the column
-            kinds = sorted({type(v).__name__ for v in ds[column]})
-            raise TuneforgeError(
-                f"{where}: column {column!r} mixes value types ({', '.join(kinds)}); give every row the same type"
-            )
     return ds
+
+
+def check_text_columns(spec: SourceSpec, dd: datasets.DatasetDict) -> None:
+    """The columns the recipe reads as text hold one type: `datasets` turns a column that mixes types (e.g. strings
+    and lists) into opaque JSON values, which tokenizing would fail on much later. Class labels are left to the
+    classification task, which reports mixed label types itself.
+
+    Raises:
+        TuneforgeError: the first text column that mixes types, with the types found.
+    """
+    for role, cols in spec.columns.items():
+        for col in [cols] if isinstance(cols, str) else cols:
+            if role != "label" and type(dd["train"].features.get(col)).__name__ == "Json":  # splits share features
+                kinds = sorted({type(v).__name__ for split in dd.values() for v in split[col]})
+                raise TuneforgeError(
+                    f"data.columns.{role}: column {col!r} of {spec.source!r} mixes value types ({', '.join(kinds)}); "
+                    "give every row the same type (text)"
+                )
 
 
 def _check_utf8(path: Path, where: str) -> None:
@@ -179,6 +191,8 @@ def load_spec(spec: SourceSpec, splits: dict[str, str] | None = None) -> dataset
                 )
         dd = datasets.DatasetDict({ours: dd[(splits or {}).get(ours, ours)] for ours in SPLITS})
     check_columns(spec, dd["train"].column_names)
+    if kind == "local":
+        check_text_columns(spec, dd)
     return dd
 
 
