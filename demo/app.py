@@ -15,6 +15,7 @@ discovered and never takes a file path.
 from __future__ import annotations
 
 import base64
+import errno
 import functools
 import html
 import inspect
@@ -515,11 +516,48 @@ def serve(app: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, share: bool
     """
     if host not in LOOPBACK:
         log.warning("demo: binding %s makes it reachable from other machines", host)
-    app.launch(
-        server_name=host, server_port=port, share=share, prevent_thread_lock=True, show_error=True, quiet=True,
-        ssr_mode=False, mcp_server=False,
-    )  # fmt: skip
+    check_address(host, port)
+    try:
+        app.launch(
+            server_name=host, server_port=port, share=share, prevent_thread_lock=True, show_error=True, quiet=True,
+            ssr_mode=False, mcp_server=False,
+        )  # fmt: skip
+    except OSError as exc:  # gradio: "Cannot find empty port in range: ..." (taken between the check and the start)
+        raise TuneforgeError(f"--port: cannot serve on {host}:{port} ({exc}); pick a free port with --port") from None
     return app.local_url
+
+
+def check_address(host: str, port: int) -> None:
+    """The demo can bind `host:port`: a port in 1-65535 that no other program holds, a host of this machine.
+
+    Checked by binding a socket and closing it at once, before the models are loaded (gradio's own failure comes
+    after the app is built and reads "Cannot find empty port").
+
+    Raises:
+        TuneforgeError: the port is out of range, in use, or the host cannot be bound here.
+    """
+    import socket
+
+    if not 1 <= port <= 65535:
+        raise TuneforgeError(f"--port: {port} is not a TCP port; give one between 1 and 65535 (default 7860)")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise TuneforgeError(f"--host: {host!r} is not a known host name or address ({exc.strerror})") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise TuneforgeError(
+                    f"--port: {port} on {host} is in use by another program (another demo?); pick another with "
+                    f"--port {port + 1}, or stop that program"
+                ) from None
+            raise TuneforgeError(
+                f"--host/--port: cannot serve on {host}:{port} ({exc.strerror}); use --host 127.0.0.1 and a port "
+                "above 1023 (lower ones need root)"
+            ) from None
 
 
 def launch(runs_dir: str | Path, host: str = "127.0.0.1", port: int = 7860, share: bool = False, **options) -> None:
@@ -533,6 +571,7 @@ def launch(runs_dir: str | Path, host: str = "127.0.0.1", port: int = 7860, shar
     Raises:
         TuneforgeError: `runs_dir` is not a directory.
     """
+    check_address(host, port)  # before loading anything: a taken port fails in a second, not after the models load
     app = build_app(runs_dir, **options)
     url = serve(app, host, port, share)
     count = len(app.handlers.registry.catalog.runs())

@@ -183,12 +183,15 @@ def decoding(
             num_beams=int(num_beams),
             length_penalty=float(length_penalty),
             no_repeat_ngram_size=int(no_repeat_ngram_size),
-            do_sample=temperature > 0,
-            temperature=float(temperature) if temperature > 0 else 1.0,
+            do_sample=float(temperature) > 0,
+            temperature=float(temperature) if float(temperature) > 0 else 1.0,
             top_p=float(top_p),
         )
-    except ValueError as exc:  # pydantic's ValidationError is a ValueError
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+    except (TypeError, ValueError) as exc:  # pydantic's ValidationError is a ValueError; int("x") too
+        if hasattr(exc, "errors"):
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        else:
+            problems = f"expected numbers ({exc})"
         raise TuneforgeError(f"generation settings: {problems}") from None
 
 

@@ -1,6 +1,7 @@
 """The `tuneforge` command: train, validate, eval, compare, demo, data, baseline.
 
-User errors (`TuneforgeError`) print one clear message and exit with code 2, without a traceback.
+User errors (`TuneforgeError`) print one clear message and exit with code 2, without a traceback; so do a full
+disk and a read-only folder met anywhere. Any other exception is a bug: one line says so, then its traceback.
 """
 
 from __future__ import annotations
@@ -175,6 +176,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        from pipelines import failures
+
+        text = failures.message(exc, Path.cwd(), "the output folder")
+        if text is not None:  # the machine, not tuneforge: a full disk or a read-only folder met outside a run
+            print(f"error: {text}", file=sys.stderr)
+            return TuneforgeError.exit_code
+        print(f"tuneforge: internal error ({type(exc).__name__}): this is a bug in tuneforge, not in your input; "
+              "please report it with the command and the traceback below", file=sys.stderr)
+        raise
 
 
 if __name__ == "__main__":

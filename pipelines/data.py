@@ -6,6 +6,7 @@ row) and every scored split carries a content fingerprint recorded with its scor
 
 from __future__ import annotations
 
+import codecs
 import difflib
 import hashlib
 import json
@@ -13,6 +14,8 @@ import random
 from pathlib import Path
 
 import datasets
+import pyarrow
+from datasets.exceptions import DatasetGenerationError
 
 from pipelines.errors import TuneforgeError
 from pipelines.recipe import DataConfig, SourceSpec
@@ -55,12 +58,100 @@ def _load_local(path: Path) -> datasets.DatasetDict:
     builder = LOCAL_FORMATS.get(path.suffix)
     if builder is None:
         raise TuneforgeError(f"data.source: {str(path)!r} has an unknown format; use one of {sorted(LOCAL_FORMATS)}")
-    ds = datasets.load_dataset(builder, data_files=str(path), split="train")
+    ds = read_local_file(path, builder)
     keys = [json.dumps(row, sort_keys=True, default=str) for row in ds]
     split_of = [split_for_key(k) for k in keys]
     return datasets.DatasetDict(
         {s: ds.select([i for i, name in enumerate(split_of) if name == s]) for s in SPLITS}
     )
+
+
+def read_local_file(path: Path, builder: str) -> datasets.Dataset:
+    """One local data file as a `Dataset`, or one clear error naming the file, the place and the fix.
+
+    Checked first, because the loaders report them late or not at all: a folder or an empty file, bytes that are not
+    UTF-8 in a text format (pyarrow loads them and fails on first access). A parse error is reported with the
+    parser's own words (pyarrow, pandas) and, for JSON lines, the first line that does not parse. A column whose rows
+    mix types (e.g. strings and lists) is refused: `datasets` turns it into opaque JSON values.
+
+    Raises:
+        TuneforgeError: any of the above.
+    """
+    where = f"data.source: {str(path)!r}"
+    if path.is_dir():
+        raise TuneforgeError(f"{where} is a folder; give one {'/'.join(sorted(set(LOCAL_FORMATS)))} file")
+    if path.stat().st_size == 0:
+        raise TuneforgeError(f"{where} is empty (0 bytes), so it has no rows; give a file with data")
+    if builder != "parquet":
+        _check_utf8(path, where)
+    try:
+        ds = datasets.load_dataset(builder, data_files=str(path), split="train")
+    except (DatasetGenerationError, pyarrow.ArrowException, ValueError, StopIteration) as exc:
+        line = _first_bad_json_line(path) if path.suffix == ".jsonl" else None
+        cause = exc
+        while cause.__cause__ is not None or (cause.__context__ is not None and not cause.__suppress_context__):
+            cause = cause.__cause__ or cause.__context__
+        detail = line or f"{type(cause).__name__}: {cause}".strip().rstrip(":")
+        raise TuneforgeError(f"{where} cannot be read as {builder} ({detail}); fix the file or convert it") from None
+    if len(ds) == 0:
+        raise TuneforgeError(f"{where} has no rows; give a file with data")
+    return ds
+
+
+def check_text_columns(spec: SourceSpec, dd: datasets.DatasetDict) -> None:
+    """The columns the recipe reads as text hold one type: `datasets` turns a column that mixes types (e.g. strings
+    and lists) into opaque JSON values, which tokenizing would fail on much later. Class labels are left to the
+    classification task, which reports mixed label types itself.
+
+    Raises:
+        TuneforgeError: the first text column that mixes types, with the types found.
+    """
+    for role, cols in spec.columns.items():
+        for col in [cols] if isinstance(cols, str) else cols:
+            if role != "label" and type(dd["train"].features.get(col)).__name__ == "Json":  # splits share features
+                kinds = sorted({type(v).__name__ for split in dd.values() for v in split[col]})
+                raise TuneforgeError(
+                    f"data.columns.{role}: column {col!r} of {spec.source!r} mixes value types ({', '.join(kinds)}); "
+                    "give every row the same type (text)"
+                )
+
+
+def _check_utf8(path: Path, where: str) -> None:
+    """Raise when the file is not UTF-8, naming the line and byte offset of the first bad byte."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset, lines = 0, 1
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as exc:
+                bad = offset + exc.start
+                lines += chunk[: exc.start].count(b"\n")
+                raise TuneforgeError(
+                    f"{where} is not UTF-8 text (byte 0x{chunk[exc.start]:02x} at line {lines}, byte offset {bad}); "
+                    "save it as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+                ) from None
+            offset += len(chunk)
+            lines += chunk.count(b"\n")
+    try:
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        raise TuneforgeError(f"{where} is not UTF-8 text (it ends inside a character); save it as UTF-8") from None
+
+
+def _first_bad_json_line(path: Path) -> str | None:
+    """'line N: <json error>' for the first line of a JSON-lines file that does not parse as an object."""
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as exc:
+                return f"line {number} is not valid JSON: {exc}"
+            if not isinstance(row, dict):
+                return f"line {number} is a JSON {type(row).__name__}, not an object of columns"
+    return None
 
 
 def _load_hub(spec: SourceSpec, splits: dict[str, str]) -> datasets.DatasetDict:
@@ -100,6 +191,8 @@ def load_spec(spec: SourceSpec, splits: dict[str, str] | None = None) -> dataset
                 )
         dd = datasets.DatasetDict({ours: dd[(splits or {}).get(ours, ours)] for ours in SPLITS})
     check_columns(spec, dd["train"].column_names)
+    if kind == "local":
+        check_text_columns(spec, dd)
     return dd
 
 

@@ -28,8 +28,8 @@ from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
+from pipelines import checkpoints, distributed, failures, flops, modeling, runs
 from pipelines import data as data_lib
-from pipelines import distributed, flops, modeling, runs
 from pipelines.errors import TuneforgeError
 from pipelines.recipe import Recipe
 from pipelines.scoring import ScoreContext, Scored, example_losses, perplexity, write_jsonl
@@ -250,6 +250,8 @@ def build(recipe: Recipe, run_dir: Path, accelerator: Accelerator, mode: str, *,
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
     else:
         tokenizer = modeling.load_tokenizer(recipe.model.base)
+    modeling.check_tokenizer_fits(tokenizer, sample_texts(recipe, data["train"]),
+                                  "model.scratch" if recipe.model.scratch is not None else "model.base")
     model_kwargs = {}
     vocab_before = len(tokenizer)
     if task.prepare is not None:
@@ -279,6 +281,15 @@ def build(recipe: Recipe, run_dir: Path, accelerator: Accelerator, mode: str, *,
         modeling.freeze_all_but_head(model)
     features = {s: tokenize_cached(task, data[s], tokenizer, recipe, s) for s in data}
     return Prepared(task, model, tokenizer, data, features)
+
+
+def sample_texts(recipe: Recipe, rows: datasets.Dataset, n: int = 64) -> list[str]:
+    """Up to `n` training rows' texts (every string column the recipe's `data.columns` names), for tokenizer checks."""
+    columns = ["text"] if recipe.data.mix else [
+        c for cols in recipe.data.columns.values() for c in ([cols] if isinstance(cols, str) else cols)
+    ]
+    head = rows.select(range(min(n, len(rows))))
+    return [v for c in columns if c in head.column_names for v in head[c] if isinstance(v, str)]
 
 
 def tokenize_cached(task: Task, rows: datasets.Dataset, tokenizer, recipe: Recipe, split: str) -> datasets.Dataset:
@@ -416,16 +427,17 @@ def train(recipe: Recipe, run_dir: Path, *, overwrite: bool = False, launch: str
         The metrics dict written to metrics.json (on every process).
 
     Raises:
-        TuneforgeError: any user-fixable problem, before anything on disk is changed.
+        TuneforgeError: any user-fixable problem (including a full disk or a read-only folder); an error before
+            the first checkpoint leaves no run folder behind (only what was there before).
     """
-    cfg = recipe.train
+    failures.check_output_dir(run_dir)
     accelerator = Accelerator(
         log_with="tensorboard",
         project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "tensorboard")),
         step_scheduler_with_optimizer=False,
     )
     distributed.check_processes(accelerator)
-    distributed.check_accumulation(accelerator, accumulation_steps(cfg, accelerator.num_processes))
+    distributed.check_accumulation(accelerator, accumulation_steps(recipe.train, accelerator.num_processes))
     main = accelerator.is_main_process
     if main and accelerator.mixed_precision == "bf16" and accelerator.device.type == "cpu":
         if not torch.ops.mkldnn._is_mkldnn_bf16_supported():  # oneDNN's check for AVX512-BF16 / AMX
@@ -435,20 +447,60 @@ def train(recipe: Recipe, run_dir: Path, *, overwrite: bool = False, launch: str
                 stacklevel=2,
             )
     preflight(recipe)
-    mode = distributed.main_decides(accelerator, runs.check_run_dir, run_dir, overwrite=overwrite, resume=cfg.resume)
+    # One `tuneforge train` per run folder: the lock is taken before the folder is checked, so two starts within
+    # milliseconds cannot both pass the check. Only the main process takes it; the others follow its verdict.
+    lock = checkpoints.RunLock(run_dir)
+    refused = None
+    if main:
+        try:
+            with failures.writing(run_dir.parent):
+                lock.acquire()
+        except TuneforgeError as exc:
+            refused = str(exc)
+    if accelerator.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        refused = broadcast_object_list([refused])[0]
+    if refused is not None:
+        raise TuneforgeError(refused)
+    existed = run_dir.exists()
+    was_empty = existed and run_dir.is_dir() and not any(run_dir.iterdir())
+    mode = None
+    try:
+        mode = distributed.main_decides(
+            accelerator, runs.check_run_dir, run_dir, overwrite=overwrite, resume=recipe.train.resume
+        )
+        with failures.writing(run_dir):
+            return _train(recipe, run_dir, accelerator, mode, launch)
+    except BaseException:
+        # Leave no half-made folder that would block the corrected rerun: a fresh run that has no complete
+        # checkpoint yet is removed, unless the folder was there before and is not one we (re)made.
+        if main and mode == "fresh" and run_dir.exists() and not checkpoints.has_complete(run_dir):
+            if not existed or overwrite or (run_dir / "recipe.yaml").is_file():
+                runs.clear_run_dir(run_dir)
+                if was_empty:  # the user's own empty folder stays
+                    run_dir.mkdir()
+        raise
+    finally:
+        if main:
+            lock.release()
+
+
+def _train(recipe: Recipe, run_dir: Path, accelerator: Accelerator, mode: str, launch: str) -> dict:
+    """`train` once the run folder is locked and checked; `mode` is "fresh" or "resume"."""
+    cfg = recipe.train
+    main = accelerator.is_main_process
+    accelerator.wait_for_everyone()
     if main and mode == "fresh":
         runs.clear_run_dir(run_dir)
         run_dir.mkdir(parents=True)
         (run_dir / "recipe.yaml").write_text(recipe.to_yaml())
+    if main and mode == "resume":  # a scratch run's tokenizer lives in model/; a crash may have moved it aside
+        checkpoints.recover_dir(run_dir / "model")
     accelerator.wait_for_everyone()
 
     set_seed(cfg.seed)
-    try:
-        prep = build(recipe, run_dir, accelerator, mode)
-    except TuneforgeError:
-        if main and mode == "fresh":  # leave no half-made folder that would block the corrected rerun
-            runs.clear_run_dir(run_dir)
-        raise
+    prep = build(recipe, run_dir, accelerator, mode)
     model = prep.model
     params = modeling.count_parameters(model)
     optimizer = make_optimizer(model, recipe)
@@ -464,12 +516,22 @@ def train(recipe: Recipe, run_dir: Path, *, overwrite: bool = False, launch: str
         train_features["total_length"] if "total_length" in train_features.column_names else None,
     )
 
-    start_step, base_scored = 0, None
+    start_step, base_scored, restored = 0, None, {}
     if mode == "resume":
-        last = Path(distributed.main_decides(accelerator, lambda: str(runs.checkpoint_dirs(run_dir)[-1])))
+        found = checkpoints.latest_complete(run_dir, accelerator.process_index)
+        if found is None:
+            raise TuneforgeError(
+                f"train.resume: {run_dir / runs.CHECKPOINTS} holds no complete checkpoint (see the notes above); "
+                "start again with --overwrite"
+            )
+        last, restored = found
+        if main:
+            checkpoints.warn(f"resuming {run_dir.name} from {last}")
         accelerator.load_state(str(last))
-        start_step = int(last.name.removeprefix("step_"))
+        start_step = restored["step"]
         base_scored = runs.read_metrics(run_dir) or {}
+        if main:  # rows logged after the checkpoint are logged again by the steps that follow
+            checkpoints.truncate_log(run_dir, restored["log_rows"])
     elif recipe.eval.score_base and recipe.model.scratch is None:
         # Score the base before training: for LoRA this equals the adapter-disabled model, for full/head
         # finetuning it is the only moment the base weights are in memory.
@@ -477,7 +539,9 @@ def train(recipe: Recipe, run_dir: Path, *, overwrite: bool = False, launch: str
         base_scored = {"base_scores": result.scores}
         if main:
             runs.write_json(run_dir / "metrics.json", {"status": "running", **base_scored})
-    accelerator.init_trackers("tb", config={"recipe_hash": recipe.hash()})
+    # purge_step: TensorBoard hides events at or after this step written before a crash (they are logged again).
+    accelerator.init_trackers("tb", config={"recipe_hash": recipe.hash()},
+                              init_kwargs={"tensorboard": {"purge_step": start_step + 1}} if start_step else {})
 
     model.train()
     device = accelerator.device
@@ -488,17 +552,18 @@ def train(recipe: Recipe, run_dir: Path, *, overwrite: bool = False, launch: str
     use_cache = bool(getattr(config, "use_cache", False))
     if use_cache:
         config.use_cache = False
-    log_loss = torch.zeros((), device=device, dtype=torch.float64)
-    log_targets = torch.zeros((), device=device, dtype=torch.float64)
-    tokens = nonpad = examples = 0
-    train_seconds = 0.0
-    last_loss = float("nan")
+    # This process's counters; a checkpoint saves them and a resume continues them (seconds: both parts summed).
+    log_loss = torch.tensor(restored.get("log_loss", 0.0), device=device, dtype=torch.float64)
+    log_targets = torch.tensor(restored.get("log_targets", 0.0), device=device, dtype=torch.float64)
+    tokens, nonpad, examples = restored.get("tokens", 0), restored.get("nonpad", 0), restored.get("examples", 0)
+    train_seconds = restored.get("seconds", 0.0)
+    last_loss = restored.get("last_loss", float("nan"))
     stop_at = min(cfg.max_steps, cfg.stop_after_steps or cfg.max_steps)
     bar = tqdm(total=cfg.max_steps, initial=start_step, disable=not main, desc=run_dir.name, dynamic_ncols=True)
     collate = partial(prep.task.collate, tokenizer=prep.tokenizer, recipe=recipe,
                       pad_to_multiple_of=pad_multiple(device))
     spec = flops.flop_spec(accelerator.unwrap_model(model))
-    model_flops = 0.0
+    model_flops = restored.get("model_flops", 0.0)
     for step in range(start_step, stop_at):
         t0 = time.perf_counter()
         micro = [collate([train_features[i] for i in b]) for b in batches.for_step(step)]
@@ -552,7 +617,11 @@ def train(recipe: Recipe, run_dir: Path, *, overwrite: bool = False, launch: str
                 runs.append_log(run_dir, {"step": done, **val})
                 accelerator.log({"eval/loss": val["eval_loss"]}, step=done)
         if (cfg.save_every and done % cfg.save_every == 0) or done == stop_at:
-            save_checkpoint(accelerator, run_dir, done, cfg.keep_checkpoints)
+            counters = {"tokens": tokens, "nonpad": nonpad, "examples": examples, "seconds": train_seconds,
+                        "model_flops": model_flops, "log_loss": float(log_loss), "log_targets": float(log_targets),
+                        "last_loss": last_loss}
+            with failures.writing(run_dir, needed=lambda: checkpoints.checkpoint_bytes(run_dir)):
+                checkpoints.save(accelerator, run_dir, done, cfg.keep_checkpoints, counters)
     bar.close()
     if use_cache:
         config.use_cache = True
@@ -562,11 +631,13 @@ def train(recipe: Recipe, run_dir: Path, *, overwrite: bool = False, launch: str
         return {"status": "stopped", "step": stop_at}
 
     mfu = utilisation(accelerator, model_flops, train_seconds)
-    unwrapped = distributed.save_model(accelerator, model, run_dir / "model")  # gathered if sharded; main writes
-    if main:
-        prep.tokenizer.save_pretrained(run_dir / "model")
-        if prep.task.on_save is not None:
-            prep.task.on_save(run_dir / "model", unwrapped, prep.tokenizer, recipe)
+    main_dir = checkpoints.atomic_dir(run_dir / "model") if main else contextlib.nullcontext()
+    with main_dir as model_dir:  # written aside and renamed when complete: a crash never leaves a half model/
+        unwrapped = distributed.save_model(accelerator, model, model_dir)  # gathered if sharded; main writes
+        if main:
+            prep.tokenizer.save_pretrained(model_dir)
+            if prep.task.on_save is not None:
+                prep.task.on_save(model_dir, unwrapped, prep.tokenizer, recipe)
     val = validation_loss(prep, recipe, accelerator, model)
     result = score(prep, recipe, accelerator, model)
     ntok = tokens * accelerator.num_processes
@@ -614,17 +685,9 @@ def train(recipe: Recipe, run_dir: Path, *, overwrite: bool = False, launch: str
             write_jsonl(run_dir / "predictions.jsonl", result.predictions)
         for name, write in result.artifacts.items():
             write(run_dir / name)
-        runs.write_json(run_dir / "metrics.json", metrics)
         (run_dir / "README.md").write_text(runs.model_card(recipe, metrics, launch))
+        runs.write_json(run_dir / "metrics.json", metrics)  # last: "finished" means everything above is there
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return metrics
 
-
-def save_checkpoint(accelerator: Accelerator, run_dir: Path, step: int, keep: int) -> None:
-    """Accelerate state (model, optimizer, scheduler, RNG of every process) at `checkpoints/step_<N>`."""
-    accelerator.save_state(str(run_dir / runs.CHECKPOINTS / f"step_{step}"))
-    if accelerator.is_main_process:
-        for old in runs.checkpoint_dirs(run_dir)[:-keep]:
-            shutil.rmtree(old)
-    accelerator.wait_for_everyone()

@@ -105,6 +105,41 @@ def producing_recipe_hint(base: str) -> str:
     return "Give a Hub id, a local model directory or a finished run folder."
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "tokenizer.model",
+                   "spiece.model", "sentencepiece.bpe.model", "source.spm")
+
+
+def unreadable_model_file(exc: Exception, base: str, path: str, field: str = "model.base") -> TuneforgeError | None:
+    """The clear error for a local model folder whose files cannot be read, or None when `exc` is something else.
+
+    transformers reports a config.json that is not JSON as an `OSError`, one without `model_type` as a
+    `ValueError`, and safetensors a damaged weights file as a `SafetensorError` ("header too large",
+    "invalid header", "incomplete metadata").
+    """
+    folder = Path(path)
+    if not folder.is_dir():
+        return None
+    text = str(exc)
+    if type(exc).__name__ == "SafetensorError":
+        files = sorted(p.name for p in folder.glob("*.safetensors"))
+        return TuneforgeError(
+            f"{field}: {str(folder / (files[0] if len(files) == 1 else '*.safetensors'))!r} is corrupted or truncated "
+            f"({text}); copy or save the model again (save_pretrained)"
+        )
+    if "is not a valid JSON file" in text or isinstance(exc, json.JSONDecodeError):
+        name = "adapter_config.json" if isinstance(exc, json.JSONDecodeError) else "config.json"
+        return TuneforgeError(
+            f"{field}: {str(folder / name)!r} of {base!r} is not valid JSON; restore the file (save_pretrained "
+            "writes it)"
+        )
+    if "Should have a `model_type` key" in text or "Unrecognized model" in text:
+        return TuneforgeError(
+            f"{field}: {str(folder / 'config.json')!r} of {base!r} has no model_type (or an unknown one); it is not "
+            "a transformers config. Give a folder written by save_pretrained"
+        )
+    return None
+
+
 def is_adapter(model_dir: str | Path) -> bool:
     return (Path(model_dir) / "adapter_config.json").is_file()
 
@@ -116,9 +151,21 @@ def load_tokenizer(base: str) -> PreTrainedTokenizerBase:
         TuneforgeError: see `resolve_base`; or a Hub id that is neither cached nor reachable (offline).
     """
     path = resolve_base(base)
+    if Path(path).is_dir() and not any((Path(path) / name).is_file() for name in TOKENIZER_FILES):
+        # transformers would build a tokenizer with a 1-token vocabulary from the config alone: every text encodes to
+        # nothing and the run trains on empty rows.
+        raise TuneforgeError(
+            f"model.base: {path!r} has no tokenizer files ({', '.join(TOKENIZER_FILES[:2])}, ...); save the "
+            "tokenizer next to the weights (tokenizer.save_pretrained(FOLDER)) or give a folder that has one"
+        )
     try:
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
+        clear = unreadable_model_file(exc, base, path)
+        if clear is not None:
+            raise clear from None
+        if Path(path).is_dir():
+            raise TuneforgeError(f"model.base: cannot load the tokenizer of {base!r}: {exc}") from None
         raise TuneforgeError(
             f"model.base: cannot load {base!r}: not a local folder, run or alias, and not in the Hugging Face cache "
             f"with the Hub unreachable ({type(exc).__name__}); give a local model or a run folder such as runs/NAME"
@@ -160,8 +207,13 @@ def load_model(base: str, auto_class, *, merge: bool = True, **kwargs) -> PreTra
             logger.warning("%s has no sdpa attention in transformers; loading it with eager attention", base)
             kwargs["attn_implementation"] = "eager"
         return auto_class.from_pretrained(path, trust_remote_code=False, use_safetensors=True, **kwargs)
-    except (OSError, ValueError) as exc:
+    except Exception as exc:
         if isinstance(exc, TuneforgeError):
+            raise
+        clear = unreadable_model_file(exc, base, path)
+        if clear is not None:
+            raise clear from None
+        if not isinstance(exc, (OSError, ValueError)):
             raise
         raise TuneforgeError(f"model.base: cannot load {base!r} with {auto_class.__name__}: {exc}") from None
 
@@ -171,6 +223,50 @@ def supports_sdpa(path: str, auto_class) -> bool:
     config = AutoConfig.from_pretrained(path, trust_remote_code=False)
     model_class = auto_class._model_mapping.get(type(config), None)
     return bool(getattr(model_class, "_supports_sdpa", True)) if model_class is not None else True
+
+
+MIN_VOCAB = 16  # fewer tokens than this cannot spell text (bytes alone need 256); a sign of a broken tokenizer
+MAX_UNKNOWN_FRACTION = 0.5  # more than half the tokens unknown: the tokenizer does not cover this data's script
+
+
+def check_tokenizer_fits(tokenizer: PreTrainedTokenizerBase, texts: list[str], field: str = "model.base") -> None:
+    """Refuse a tokenizer that cannot represent the data, before any training step.
+
+    Three failures that would otherwise train on garbage and report a number: a vocabulary too small to spell
+    text, every sample text encoding to no tokens at all, and most tokens being the unknown token.
+
+    Args:
+        tokenizer: the run's tokenizer.
+        texts: a sample of the training texts (non-empty strings).
+        field: the recipe field that chose the tokenizer.
+
+    Raises:
+        TuneforgeError: one of the three, with the numbers measured.
+    """
+    name = getattr(tokenizer, "name_or_path", "") or "the tokenizer"
+    if len(tokenizer) < MIN_VOCAB:
+        raise TuneforgeError(
+            f"{field}: the tokenizer of {name!r} has {len(tokenizer)} token(s); it cannot spell text. Give a model "
+            "folder with its tokenizer files (tokenizer.json, ...)"
+        )
+    texts = [t for t in texts if isinstance(t, str) and t.strip()]
+    if not texts:
+        return
+    ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    total = sum(len(i) for i in ids)
+    if total == 0:
+        raise TuneforgeError(
+            f"{field}: the tokenizer of {name!r} encodes all {len(texts)} sampled training texts to no tokens at all; "
+            "it does not fit this data (or is broken). Use the model's own tokenizer"
+        )
+    unk = tokenizer.unk_token_id
+    if unk is not None:
+        unknown = sum(x == unk for i in ids for x in i) / total
+        if unknown > MAX_UNKNOWN_FRACTION:
+            raise TuneforgeError(
+                f"{field}: {unknown:.0%} of the tokens of {len(texts)} sampled training texts are the unknown token "
+                f"{tokenizer.unk_token!r}; the tokenizer of {name!r} does not cover this data's characters"
+            )
 
 
 def fit_embeddings(model: PreTrainedModel, vocab_size: int, *, initialize: bool = True) -> bool:
@@ -303,10 +399,18 @@ def count_parameters(model: torch.nn.Module) -> dict[str, int]:
 def base_config(base: str):
     """The base checkpoint's config (for validation: architecture, sizes) without loading weights."""
     path = resolve_base(base)
-    if is_adapter(path):
-        cfg = json.loads((Path(path) / "adapter_config.json").read_text())
-        return base_config(adapter_base(path, cfg["base_model_name_or_path"]))
-    return AutoConfig.from_pretrained(path, trust_remote_code=False)
+    try:
+        if is_adapter(path):
+            cfg = json.loads((Path(path) / "adapter_config.json").read_text())
+            return base_config(adapter_base(path, cfg["base_model_name_or_path"]))
+        return AutoConfig.from_pretrained(path, trust_remote_code=False)
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, TuneforgeError):
+            raise
+        clear = unreadable_model_file(exc, base, path)
+        if clear is None:
+            raise
+        raise clear from None
 
 
 def describe(recipe: Recipe) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import platform
 import shutil
+import sys
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -34,8 +35,21 @@ def versions() -> dict[str, str]:
 
 
 def read_metrics(run_dir: Path) -> dict | None:
+    """A run folder's metrics.json, or None when it has none.
+
+    Raises:
+        TuneforgeError: metrics.json is not UTF-8 JSON (edited by hand, or cut short by an older tuneforge).
+    """
     path = Path(run_dir) / "metrics.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise TuneforgeError(
+            f"{str(path)!r} is not valid JSON ({exc}); restore it from a backup, or retrain the run with "
+            "--overwrite"
+        ) from None
 
 
 def is_baseline(run_dir: Path) -> bool:
@@ -96,10 +110,10 @@ def clear_run_dir(run_dir: Path) -> None:
 
 
 def write_json(path: Path, obj: dict) -> None:
-    """Write JSON atomically (temp file + rename) so readers never see half a file."""
-    tmp = Path(path).with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
-    tmp.replace(path)
+    """Write JSON atomically (temp file, fsync, rename) so readers and a crash never see half a file."""
+    from pipelines.checkpoints import write_text_atomic
+
+    write_text_atomic(Path(path), json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
 def append_log(run_dir: Path, row: dict) -> None:
@@ -121,7 +135,11 @@ def load_run_recipe(run_dir: Path) -> Recipe:
     path = Path(run_dir) / "recipe.yaml"
     if not path.is_file():
         raise TuneforgeError(f"{str(run_dir)!r} is not a run folder (no recipe.yaml); give runs/<name>")
-    return build_recipe(yaml.safe_load(path.read_text()), origin=str(path))
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise TuneforgeError(f"{str(path)!r} is not valid UTF-8 YAML ({exc}); restore the run's recipe.yaml") from None
+    return build_recipe(raw, origin=str(path))
 
 
 def load_run_model(run_dir: str | Path):
@@ -171,7 +189,11 @@ def list_runs(root: str | Path) -> list[RunInfo]:
     candidates = [root] if (root / "metrics.json").is_file() else sorted(p for p in root.iterdir() if p.is_dir())
     out = []
     for path in candidates:
-        metrics = read_metrics(path)
+        try:
+            metrics = read_metrics(path)
+        except TuneforgeError as exc:  # one damaged run must not hide the others
+            print(f"tuneforge: skipping {path}: {exc}", file=sys.stderr)
+            continue
         if not metrics or metrics.get("status") != "finished" or not (path / "model").is_dir():
             continue
         primary = metrics.get("primary_metric", "")

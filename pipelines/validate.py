@@ -35,12 +35,19 @@ def load_launch_config(path: str | Path) -> dict:
     """Read an Accelerate config YAML (as written by `accelerate config`).
 
     Raises:
-        TuneforgeError: missing file or not a mapping.
+        TuneforgeError: missing file, not UTF-8, not valid YAML, not a mapping, or impossible values (all listed).
     """
     path = Path(path)
     if not path.is_file():
         raise TuneforgeError(f"--launch-config: {str(path)!r} does not exist; see recipes/accelerate/")
-    cfg = yaml.safe_load(path.read_text())
+    try:
+        cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise TuneforgeError(
+            f"--launch-config: {str(path)!r} is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8"
+        ) from None
+    except yaml.YAMLError as exc:
+        raise TuneforgeError(f"--launch-config: {str(path)!r} is not valid YAML: {exc}") from None
     if not isinstance(cfg, dict) or not is_launch_config(cfg):
         recipe_like = isinstance(cfg, dict) and "task" in cfg
         hint = " (it is a tuneforge recipe; give it before --launch-config)" if recipe_like else ""
@@ -48,7 +55,56 @@ def load_launch_config(path: str | Path) -> dict:
             f"--launch-config: {str(path)!r} is not an Accelerate config (no distributed_type){hint}; "
             "see recipes/accelerate/"
         )
+    problems = launch_value_problems(cfg)
+    if problems:
+        listed = "\n  ".join(problems)
+        raise TuneforgeError(f"--launch-config: {str(path)!r}: {len(problems)} problem(s):\n  {listed}")
     return cfg
+
+
+def launch_value_problems(cfg: dict) -> list[str]:
+    """Values `accelerate launch` cannot run with (it would fail late, on every machine, or hang waiting for ranks).
+
+    The value sets are Accelerate's own (`accelerate.utils.DistributedType`, `PrecisionType`); `num_processes` is the
+    total over all machines (Accelerate's convention), so each machine starts num_processes / num_machines.
+
+    Returns:
+        One message per problem, naming the key, the value and what is allowed.
+    """
+    from accelerate.utils import DistributedType, PrecisionType
+
+    problems = []
+
+    def whole(key: str, minimum: int) -> int | None:
+        value = cfg.get(key)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            problems.append(f"{key}: {value!r} must be a whole number >= {minimum}")
+            return None
+        return value
+
+    processes, machines, rank = whole("num_processes", 1), whole("num_machines", 1), whole("machine_rank", 0)
+    if machines is not None and rank is not None and rank >= machines:
+        problems.append(f"machine_rank: {rank} must be below num_machines {machines} (ranks are 0..{machines - 1})")
+    if machines is not None and processes is not None and processes % machines:
+        problems.append(
+            f"num_processes: {processes} is the total over all machines and must be a multiple of num_machines "
+            f"{machines} (e.g. {machines * max(1, processes // machines)})"
+        )
+    port = cfg.get("main_process_port")
+    if port is not None and (isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535):
+        problems.append(f"main_process_port: {port!r} must be a TCP port between 1 and 65535")
+    dist = cfg.get("distributed_type")
+    known = [d.value for d in DistributedType]
+    if str(dist).upper() not in known:
+        close = difflib.get_close_matches(str(dist).upper(), known, n=1)
+        problems.append(f"distributed_type: {dist!r} is not one of {known}"
+                        + (f"; did you mean {close[0]!r}?" if close else ""))
+    precision = cfg.get("mixed_precision")
+    if precision is not None and str(precision).lower() not in [p.value for p in PrecisionType]:
+        problems.append(f"mixed_precision: {precision!r} must be one of {[p.value for p in PrecisionType]}")
+    return problems
 
 
 def world_size(launch: dict | None) -> int:

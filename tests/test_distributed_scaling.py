@@ -137,8 +137,9 @@ def test_two_nodes_on_loopback_equal_one_node_write_once_and_resume(pretrained, 
     recipe.write_text(yaml.safe_dump({**raw, "output": {"dir": "runs", "name": "lora2"}}))
     launch_two_nodes(recipe, nodes, "train.stop_after_steps=4")
     # Only global rank 0 wrote the run folder; node 1 holds only what every process saves into a checkpoint (its
-    # own RNG state), on its own disk.
-    assert files_under(nodes[1]) == ["runs/lora2/checkpoints/step_4/random_states_1.pkl"]
+    # own RNG state and counters), on its own disk.
+    assert files_under(nodes[1]) == ["runs/lora2/checkpoints/step_4/random_states_1.pkl",
+                                     "runs/lora2/checkpoints/step_4/tuneforge-state-1.json"]
     assert (nodes[0] / "runs/lora2/recipe.yaml").is_file()
     assert not (nodes[0] / "runs/lora2/checkpoints/step_4/random_states_1.pkl").exists()
 
@@ -149,7 +150,8 @@ def test_two_nodes_on_loopback_equal_one_node_write_once_and_resume(pretrained, 
     before = files_under(nodes[1])
     launch_two_nodes(recipe, nodes, "train.resume=auto")
     after = files_under(nodes[1])
-    assert [f for f in after if f not in before] == ["runs/lora2/checkpoints/step_8/random_states_1.pkl"]
+    assert [f for f in after if f not in before] == ["runs/lora2/checkpoints/step_8/random_states_1.pkl",
+                                                     "runs/lora2/checkpoints/step_8/tuneforge-state-1.json"]
 
     two = nodes[0] / "runs/lora2"
     m1, m2 = json.loads((one / "metrics.json").read_text()), json.loads((two / "metrics.json").read_text())
