@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipelines.errors import TuneforgeError
+from pipelines.record import RecordError, RunRecord, TrainStats, parse_record
 
 FORMATS = ("markdown", "csv", "html")
 _MISSING = "—"
@@ -31,15 +32,15 @@ class Run:
 
     Attributes:
         path: the run folder.
-        metrics: its parsed ``metrics.json``.
+        record: its ``metrics.json``, read through ``pipelines.record``.
     """
 
     path: Path
-    metrics: dict
+    record: RunRecord
 
     @property
     def name(self) -> str:
-        return self.metrics.get("run") or self.path.name
+        return self.record.run or self.path.name
 
 
 @dataclass
@@ -176,9 +177,6 @@ def _run_folders(root: Path, depth: int):
             yield from _run_folders(child, depth - 1)
 
 
-_REQUIRED = ("task", "primary_metric", "greater_is_better", "dataset")
-
-
 def _load_run(folder: Path) -> Run | Problem:
     metrics_path = folder / "metrics.json"
     if not metrics_path.is_file():
@@ -197,17 +195,13 @@ def _load_run(folder: Path) -> Run | Problem:
     scores = metrics.get("scores")
     if not isinstance(scores, dict) or not scores:
         return Problem(folder, "metrics.json has no scores: the run finished but was not evaluated")
-    absent = [key for key in _REQUIRED if metrics.get(key) is None]
-    dataset = metrics.get("dataset")
-    if isinstance(dataset, dict):
-        absent += [f"dataset.{key}" for key in ("name", "split") if not dataset.get(key)]
-    elif "dataset" not in absent:
-        absent.append("dataset")
-    if absent:
-        return Problem(folder, f"metrics.json lacks {', '.join(absent)}")
-    if not _is_number(scores.get(metrics["primary_metric"])):
-        return Problem(folder, f"primary metric {metrics['primary_metric']!r} is not among the scores")
-    return Run(folder, metrics)
+    try:
+        record = parse_record(metrics, metrics_path)
+    except RecordError as error:
+        return Problem(folder, error.reason)
+    if not _is_number(scores.get(record.primary_metric)):
+        return Problem(folder, f"primary metric {record.primary_metric!r} is not among the scores")
+    return Run(folder, record)
 
 
 def _is_number(value) -> bool:
@@ -231,8 +225,8 @@ def build_tables(runs: list[Run]) -> list[Table]:
     """
     groups: dict[tuple, list[Run]] = {}
     for run in runs:
-        dataset = run.metrics["dataset"]
-        key = (run.metrics["task"], dataset["name"], dataset["split"], dataset.get("fingerprint") or "unknown")
+        dataset = run.record.dataset
+        key = (run.record.task, dataset.name, dataset.split, dataset.fingerprint or "unknown")
         groups.setdefault(key, []).append(run)
     return [_build_table(key, group) for key, group in sorted(groups.items())]
 
@@ -241,11 +235,9 @@ def _build_table(key: tuple, runs: list[Run]) -> Table:
     task, dataset, split, fingerprint = key
     notes = []
     # Runs in one group should agree on the primary metric; if not, follow the majority and say so.
-    primary, _ = Counter(run.metrics["primary_metric"] for run in runs).most_common(1)[0]
-    greater_is_better = next(
-        bool(r.metrics["greater_is_better"]) for r in runs if r.metrics["primary_metric"] == primary
-    )
-    odd = [run.name for run in runs if run.metrics["primary_metric"] != primary]
+    primary, _ = Counter(run.record.primary_metric for run in runs).most_common(1)[0]
+    greater_is_better = next(bool(r.record.greater_is_better) for r in runs if r.record.primary_metric == primary)
+    odd = [run.name for run in runs if run.record.primary_metric != primary]
     if odd:
         notes.append(f"sorted by {primary}; these runs name another primary metric: {', '.join(odd)}")
 
@@ -271,7 +263,7 @@ def _build_table(key: tuple, runs: list[Run]) -> Table:
         for row in rows:
             row.best = row.scores.get(primary) == best
     num_examples = next(
-        (r.metrics["dataset"].get("num_examples") for r in runs if "num_examples" in r.metrics["dataset"]), None
+        (r.record.dataset.num_examples for r in runs if "num_examples" in r.record.dataset.model_fields_set), None
     )
     return Table(
         task, dataset, split, fingerprint, num_examples, primary, greater_is_better, metric_names, rows, notes
@@ -284,34 +276,34 @@ def _numeric_scores(scores) -> dict:
 
 
 def _run_row(run: Run, primary: str) -> Row:
-    m = run.metrics
-    scores = _numeric_scores(m["scores"])
-    base = _numeric_scores(m.get("base_scores"))
+    record = run.record
+    scores = _numeric_scores(record.scores)
+    base = _numeric_scores(record.base_scores)
     delta = scores[primary] - base[primary] if primary in scores and primary in base else None
-    train, params = m.get("train") or {}, m.get("params") or {}
-    method = m.get("method") or "?"
+    train, params = record.train or TrainStats(), record.params
+    method = record.method or "?"
     return Row(
         label=run.name,
         kind="baseline" if method == "baseline" else "run",
         method=method,
         scores=scores,
         delta=delta,
-        trainable_params=params.get("trainable"),
-        total_params=params.get("total"),
-        train_seconds=train.get("seconds"),
-        tokens_per_s=train.get("tokens_per_s"),
-        examples_per_s=train.get("examples_per_s"),
-        peak_memory_mb=train.get("peak_memory_mb"),
+        trainable_params=params.trainable if params else None,
+        total_params=params.total if params else None,
+        train_seconds=train.seconds,
+        tokens_per_s=train.tokens_per_s,
+        examples_per_s=train.examples_per_s,
+        peak_memory_mb=train.peak_memory_mb,
     )
 
 
 def _base_rows(runs: list[Run]) -> list[Row]:
     by_base: dict[str, dict[tuple, list[str]]] = {}
     for run in runs:
-        scores = _numeric_scores(run.metrics.get("base_scores"))
+        scores = _numeric_scores(run.record.base_scores)
         if not scores:
             continue
-        model = str(run.metrics.get("base_model") or "unknown")
+        model = str(run.record.base_model or "unknown")
         by_base.setdefault(model, {}).setdefault(tuple(sorted(scores.items())), []).append(run.name)
     rows = []
     for model, variants in by_base.items():

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import platform
 import shutil
+import warnings
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -17,6 +18,7 @@ import yaml
 
 from pipelines.errors import TuneforgeError
 from pipelines.recipe import Recipe, build_recipe
+from pipelines.record import RecordError, read_record
 
 CHECKPOINTS = "checkpoints"
 VERSIONED = ("tuneforge", "torch", "transformers", "tokenizers", "datasets", "peft", "accelerate", "evaluate")
@@ -95,13 +97,6 @@ def clear_run_dir(run_dir: Path) -> None:
         shutil.rmtree(run_dir)
 
 
-def write_json(path: Path, obj: dict) -> None:
-    """Write JSON atomically (temp file + rename) so readers never see half a file."""
-    tmp = Path(path).with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
-    tmp.replace(path)
-
-
 def append_log(run_dir: Path, row: dict) -> None:
     with open(Path(run_dir) / "log.jsonl", "a") as f:
         f.write(json.dumps(row) + "\n")
@@ -166,25 +161,32 @@ class RunInfo:
 
 
 def list_runs(root: str | Path) -> list[RunInfo]:
-    """Every finished run folder directly under `root` (or `root` itself), sorted by name."""
+    """Every finished run folder directly under `root` (or `root` itself), sorted by name.
+
+    A folder whose metrics.json is not a valid run record is skipped with a warning naming the file and field.
+    """
     root = Path(root)
     candidates = [root] if (root / "metrics.json").is_file() else sorted(p for p in root.iterdir() if p.is_dir())
     out = []
     for path in candidates:
-        metrics = read_metrics(path)
-        if not metrics or metrics.get("status") != "finished" or not (path / "model").is_dir():
+        try:
+            record = read_record(path)
+        except RecordError as error:
+            warnings.warn(str(error), stacklevel=2)
             continue
-        primary = metrics.get("primary_metric", "")
+        if record is None or record.status != "finished" or not (path / "model").is_dir():
+            continue
+        primary = record.primary_metric or ""
         out.append(
             RunInfo(
                 path=path,
-                name=metrics.get("run", path.name),
-                task=metrics.get("task", "?"),
-                base_model=str(metrics.get("base_model", "?")),
-                method=metrics.get("method", "?"),
+                name=record.run or path.name,
+                task=record.task or "?",
+                base_model=str(record.base_model or "?"),
+                method=record.method or "?",
                 primary_metric=primary,
-                primary_score=(metrics.get("scores") or {}).get(primary),
-                metrics=metrics,
+                primary_score=(record.scores or {}).get(primary),
+                metrics=record.as_dict(),
             )
         )
     return out

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForSeq2SeqLM
 
+from pipelines import checks
 from pipelines.errors import TuneforgeError
 from pipelines.generation import decode, generate_ids
 from pipelines.recipe import Recipe
@@ -81,10 +82,8 @@ def check_lengths(recipe: Recipe, positions: int | None) -> None:
     """
     if positions is None:
         return
-    problems = []
-    if recipe.data.max_length > positions:
-        problems.append(f"data.max_length: {recipe.data.max_length} exceeds the model's {positions} positions; "
-                        f"set data.max_length<={positions} (longer sources are truncated and counted)")
+    problems = [p for p in [checks.max_length_problem(recipe.data.max_length, positions,
+                                                      " (longer sources are truncated and counted)")] if p]
     if recipe.task == "seq2seq" and recipe.data.target_max_length > positions:
         problems.append(f"data.target_max_length: {recipe.data.target_max_length} exceeds the model's {positions} "
                         f"positions; set data.target_max_length<={positions}")
