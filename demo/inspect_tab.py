@@ -4,7 +4,7 @@ probabilities and the windows pretraining reads.
 The computations are `pipelines.introspect`'s; this module only draws them (matplotlib figures rendered to images,
 HTML token tables) and lays out the tab. It follows `demo.app`'s conventions: runs are named by key only, every
 handler is wrapped with `shown_in_ui` (bad input becomes a message, the server keeps serving), text goes through
-`Handlers.text` (length limit), and every computation holds the model's lock. The base of a LoRA run is the same
+`Session.text` (length limit), and every computation holds the model's lock. The base of a LoRA run is the same
 loaded model with its adapters switched off, as in the Side by side tab.
 
 Endpoints: `/inspect_tokens`, `/inspect_ids`, `/inspect_embeddings`, `/inspect_positions`, `/inspect_attention`,
@@ -27,9 +27,10 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from demo.app import Handlers, run_dropdown, shown_in_ui
 from demo.models import LoadedModel, base_is_adapters_off, run_version
+from demo.session import Session, run_dropdown, shown_in_ui
 from pipelines import introspect
+from pipelines.batching import IGNORE
 from pipelines.errors import TuneforgeError
 
 log = logging.getLogger(__name__)
@@ -205,7 +206,7 @@ def shift_table(rows: list[tuple[str, list[int | None]]], tokenizer) -> str:
 
 def _ids(label_ids: list[int]) -> list[int | None]:
     """Labels with -100 (no loss) as None, which `shift_table` shows as a dash."""
-    return [None if i == -100 else i for i in label_ids]
+    return [None if i == IGNORE else i for i in label_ids]
 
 
 # -- handlers -------------------------------------------------------------------------------------------------------
@@ -215,10 +216,10 @@ class Inspector:
     """What the Inspect tab does, over the app's runs and model cache.
 
     Args:
-        h: the app's handlers (registry, input limit, the plot lock).
+        h: the demo's session (registry, input limit, the plot lock).
     """
 
-    def __init__(self, h: Handlers):
+    def __init__(self, h: Session):
         self.h = h
         self._lock = threading.Lock()  # guards the caches below
         self._test_rows: dict[tuple[str, int], Future] = {}  # (run key, version) -> its data's test split
@@ -238,7 +239,7 @@ class Inspector:
             yield loaded
 
     def _draw(self, fn, *args) -> np.ndarray:
-        with self.h._plot_lock:  # matplotlib's font and text caches are shared with the leaderboard's pyplot
+        with self.h.plot_lock:  # matplotlib's font and text caches are shared with the leaderboard's pyplot
             return fn(*args)
 
     # 1. tokenization
@@ -581,7 +582,7 @@ def not_pretraining(loaded: LoadedModel) -> str:
 # -- layout ---------------------------------------------------------------------------------------------------------
 
 
-def inspect_tab(h: Handlers) -> gr.Dropdown:
+def inspect_tab(h: Session) -> gr.Dropdown:
     """Inspect tab (`/inspect_*`); returns its run list."""
     ins = Inspector(h)
     with gr.Tab("Inspect", id="inspect") as tab:

@@ -19,7 +19,8 @@ import torch
 
 from pipelines.errors import TuneforgeError
 from pipelines.recipe import Recipe
-from pipelines.runs import RunInfo, list_runs, load_run_model
+from pipelines.run_model import load_run_model
+from pipelines.runs import RunInfo, list_runs
 from pipelines.tasks import Task
 
 # transformers 5 `from_pretrained` is not safe to run concurrently for different models (tied weights can be

@@ -101,20 +101,24 @@ def pad_multiple(device: torch.device) -> int:
     return PAD_MULTIPLE if device.type == "cuda" else 1
 
 
-def right_pad(rows: list[list[int]], pad_id: int, pad_to_multiple_of: int = PAD_MULTIPLE) -> torch.Tensor:
-    """Right-pad token lists into one tensor.
+def right_pad(rows: list[list[int]], pad_id: int, pad_to_multiple_of: int = PAD_MULTIPLE
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad token lists into one tensor (training and scoring batches; generation pads left).
 
     Args:
         rows: token ids per example.
         pad_id: the value of padding positions (a pad token id, or `IGNORE` for labels).
-        pad_to_multiple_of: round the width up to a multiple of this.
+        pad_to_multiple_of: round the width up to a multiple of this (`pad_multiple`).
 
     Returns:
-        [B, T] int64 tensor, T = the longest row rounded up to `pad_to_multiple_of`.
+        (ids, mask): [B, T] int64 each, T = the longest row rounded up to `pad_to_multiple_of`; mask is 1 on the
+        rows' own positions, 0 on padding.
     """
     width = max(len(r) for r in rows)
     width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
-    out = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, r in enumerate(rows):
-        out[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-    return out
+        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+        mask[i, : len(r)] = 1
+    return ids, mask

@@ -6,12 +6,12 @@ User errors (`TuneforgeError`) print one clear message and exit with code 2, wit
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import sys
 from pathlib import Path
 
 from pipelines.errors import TuneforgeError
+from pipelines.runtime import is_main_process
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -73,7 +73,7 @@ def cmd_train(args) -> int:
     run_dir = Path(recipe.output.dir) / recipe.run_name(args.recipe)
     launch = "tuneforge train " + shlex.join([args.recipe, *args.overrides])
     metrics = loop.train(recipe, run_dir, overwrite=args.overwrite, launch=launch)
-    if metrics.get("status") == "finished" and int(os.environ.get("RANK", "0")) == 0:
+    if metrics.get("status") == "finished" and is_main_process():
         primary = metrics["primary_metric"]
         base = (metrics.get("base_scores") or {}).get(primary)
         shown = f"{primary} {metrics['scores'][primary]:.4g}" + (f" (base {base:.4g})" if base is not None else "")

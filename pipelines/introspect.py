@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from pipelines.errors import TuneforgeError
+from pipelines.runtime import inner_model
 
 # Model families, by how they read text and what they predict.
 DECODER = "decoder"  # decoder-only language model (GPT-2): [BOS] text -> next token
@@ -29,7 +30,7 @@ ENCODER = "encoder"  # BERT-style encoder (a classifier here): text -> class log
 
 def base_model(model):
     """The transformers model inside a PEFT wrapper (the model itself when it is not wrapped)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
+    return inner_model(model)
 
 
 def family(model) -> str:

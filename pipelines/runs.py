@@ -119,28 +119,6 @@ def load_run_recipe(run_dir: Path) -> Recipe:
     return build_recipe(yaml.safe_load(path.read_text()), origin=str(path))
 
 
-def load_run_model(run_dir: str | Path):
-    """A finished run's model exactly as trained (LoRA adapters kept unmerged), its tokenizer, recipe and task.
-
-    Returns:
-        (recipe, task, model in eval mode, tokenizer)
-
-    Raises:
-        TuneforgeError: not a run folder, or the run has no saved model (training did not finish).
-    """
-    from pipelines import modeling
-    from pipelines.tasks import get_task
-
-    run_dir = Path(run_dir)
-    recipe = load_run_recipe(run_dir)
-    if not (run_dir / "model").is_dir():
-        raise TuneforgeError(f"{str(run_dir)!r} has no model/: training did not finish; train or resume it first")
-    task = get_task(recipe.task)
-    tokenizer = modeling.load_tokenizer(str(run_dir / "model"))
-    model = modeling.load_model(str(run_dir / "model"), task.auto_model, merge=False)
-    return recipe, task, model.eval(), tokenizer
-
-
 @dataclass
 class RunInfo:
     """A finished run as the demo and compare see it."""
@@ -224,6 +202,6 @@ def model_card(recipe: Recipe, metrics: dict, launch: str) -> str:
         load = "from peft import AutoPeftModel\nmodel = AutoPeftModel.from_pretrained('model')"
     else:
         load = "from transformers import AutoModel\nmodel = AutoModel.from_pretrained('model')"
-    load += "\n# or, with tuneforge: pipelines.runs.load_run_model(RUN_DIR)"
+    load += "\n# or, with tuneforge: pipelines.run_model.load_run_model(RUN_DIR)"
     lines += ["", "Load it:", "", "```python", load, "```", ""]
     return "\n".join(lines)

@@ -20,10 +20,17 @@ def is_main_process() -> bool:
 
 
 def unwrap(model):
-    """The model inside DDP/FSDP/`torch.compile` wrappers (Accelerate's `extract_model_from_parallel`)."""
+    """The model inside DDP / DeepSpeed / `torch.compile` wrappers (Accelerate's `extract_model_from_parallel`,
+    what `Accelerator.unwrap_model` calls)."""
     from accelerate.utils import extract_model_from_parallel
 
     return extract_model_from_parallel(model)
+
+
+def inner_model(model):
+    """The transformers model inside any process wrapper and a PEFT wrapper (the model itself when unwrapped)."""
+    model = unwrap(model)
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def make_accelerator(run_dir: Path):

@@ -11,7 +11,7 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from pipelines import runs, scratch, sources
+from pipelines import run_model, scratch, sources
 from pipelines.errors import TuneforgeError
 from pipelines.recipe import ScratchConfig, build_recipe
 from pipelines.tasks import chat
@@ -285,7 +285,7 @@ def test_tiny_chat_run_learns_to_answer_and_stops_at_end_of_turn(tmp_path):
     # the saved run: tokenizer with the template and the chat tokens, stop ids in the generation config,
     # an adapter that holds the two new embedding rows but no copy of the embedding matrices
     saved = json.loads((run_dir / "model" / "generation_config.json").read_text())
-    _, _, model, tokenizer = runs.load_run_model(run_dir)
+    _, _, model, tokenizer = run_model.load_run_model(run_dir)
     im_end = tokenizer.convert_tokens_to_ids(IM_END)
     assert saved["eos_token_id"] == [im_end, tokenizer.eos_token_id]
     assert tokenizer.apply_chat_template(CONVERSATION[1:2], tokenize=False) == (

@@ -44,6 +44,7 @@ from transformers import AutoModelForCausalLM
 from pipelines.errors import TuneforgeError
 from pipelines.generation import decode, generate_ids, generation_config
 from pipelines.recipe import ChatConfig, GenerationSettings, Recipe
+from pipelines.runtime import inner_model
 from pipelines.scoring import ScoreContext, Scored, example_losses
 from pipelines.tasks import Task, causal_lm
 
@@ -259,7 +260,7 @@ def set_stop_tokens(model, tokenizer) -> None:
         model: a transformers model or a PEFT model around one (its base model's config is changed).
         tokenizer: the run's tokenizer (with its chat template).
     """
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = inner_model(model)
     inner.generation_config.eos_token_id = stop_token_ids(tokenizer)
 
 
@@ -512,7 +513,7 @@ def on_save(model_dir, model, tokenizer, recipe: Recipe) -> None:
     (`modeling.load_model`).
     """
     set_stop_tokens(model, tokenizer)
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = inner_model(model)
     inner.generation_config.save_pretrained(model_dir)
     peft_config = getattr(model, "peft_config", {}).get("default")
     if getattr(peft_config, "trainable_token_indices", None):

@@ -27,14 +27,15 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForSequenceClassification
 
+from pipelines.batching import PAD_MULTIPLE, right_pad
 from pipelines.errors import TuneforgeError
 from pipelines.recipe import Recipe
+from pipelines.runtime import unwrap
 from pipelines.scoring import ScoreContext, Scored, sorted_loader
 from pipelines.tasks import Task
 
 logger = logging.getLogger(__name__)
 
-PAD_MULTIPLE = 8  # tensor-core friendly shapes on GPUs; costs < 8 tokens per row
 LABEL_ID = "label_id"  # the column `prepare` adds to every split: the example's class id
 OTHER = "other"  # the extra class that labels outside the top K map to when data.other_labels is "other"
 TOP_PROBABILITIES = 3  # classes (with probabilities) listed per example in predictions.jsonl
@@ -227,9 +228,7 @@ def prepare(recipe: Recipe, data: datasets.DatasetDict, tokenizer) -> tuple[data
 
 def label_names(model) -> list[str]:
     """Class names in id order from a (possibly PEFT- or DDP-wrapped) classifier's config."""
-    while not hasattr(model, "config") and hasattr(model, "module"):
-        model = model.module  # DistributedDataParallel
-    id2label = model.config.id2label
+    id2label = unwrap(model).config.id2label
     return [str(id2label[i]) for i in range(len(id2label))]
 
 
@@ -287,20 +286,10 @@ def collate(features: list[dict], tokenizer, recipe: Recipe | None = None, pad_t
         input_ids, attention_mask [, token_type_ids]: [B, T] int64; labels [B] int64 and weight [B] float32 when
         the rows have them.
     """
-    width = max(len(f["input_ids"]) for f in features)
-    width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
-    ids = torch.full((len(features), width), tokenizer.pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(features), width), dtype=torch.long)
-    types = torch.zeros((len(features), width), dtype=torch.long) if "token_type_ids" in features[0] else None
-    for i, f in enumerate(features):
-        n = len(f["input_ids"])
-        ids[i, :n] = torch.tensor(f["input_ids"])
-        mask[i, :n] = 1
-        if types is not None:
-            types[i, :n] = torch.tensor(f["token_type_ids"])
+    ids, mask = right_pad([f["input_ids"] for f in features], tokenizer.pad_token_id, pad_to_multiple_of)
     batch = {"input_ids": ids, "attention_mask": mask}
-    if types is not None:
-        batch["token_type_ids"] = types
+    if "token_type_ids" in features[0]:
+        batch["token_type_ids"] = right_pad([f["token_type_ids"] for f in features], 0, pad_to_multiple_of)[0]
     if "labels" in features[0]:
         batch["labels"] = torch.tensor([f["labels"] for f in features], dtype=torch.long)
     if "weight" in features[0]:
