@@ -108,7 +108,7 @@ class Handlers:
         text = self.session.text(text, "input")
         tuned = self.session.model(run, "side_by_side")
         base, adapter_off = self.registry.base(run)
-        if tuned.recipe.task == "classification":
+        if tuned.task.demo_feed == "classify":
             before = label_probabilities(base, text, adapter_off=adapter_off)
             yield format_labels(before), format_labels(label_probabilities(tuned, text))
             return

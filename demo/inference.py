@@ -24,8 +24,6 @@ from pipelines.errors import TuneforgeError
 from pipelines.generation import decode, generation_config
 from pipelines.recipe import GenerationSettings
 
-GENERATIVE_TASKS = ("causal_lm", "chat", "seq2seq", "denoising")
-
 
 @dataclass
 class ModelInput:
@@ -153,15 +151,15 @@ def chat_input(loaded: LoadedModel, messages: list[dict], max_new_tokens: int) -
 
 def model_input(loaded: LoadedModel, text: str, max_new_tokens: int) -> ModelInput:
     """The model input for one piece of user text, whatever the run's generative task."""
-    task = loaded.recipe.task
+    feed = loaded.task.demo_feed
     with loaded.lock:  # the tokenizer is shared with requests that are generating (see LoadedModel.lock)
-        if task == "causal_lm":
+        if feed == "continue":
             return causal_lm_input(loaded, text, max_new_tokens)
-        if task == "chat":
+        if feed == "turn":
             return chat_input(loaded, [{"role": "user", "content": text}], max_new_tokens)
-        if task in ("seq2seq", "denoising"):
+        if feed == "source":
             return seq2seq_input(loaded, text, max_new_tokens)
-    raise TuneforgeError(f"run: task {task!r} does not generate text; use the Classify tab")
+    raise TuneforgeError(f"run: task {loaded.recipe.task!r} does not generate text; use the Classify tab")
 
 
 def decoding(

@@ -407,7 +407,7 @@ class Inspector:
         if not 1 <= k <= MAX_K or not 1 <= steps <= MAX_STEPS:
             raise TuneforgeError(f"k and steps: between 1 and {MAX_K} / {MAX_STEPS} (got {k}, {steps})")
         with self._model(run, which) as loaded:
-            if loaded.recipe.task == "classification":
+            if loaded.task.demo_feed == "classify":
                 return self._classes(loaded, text, target)
             tok = loaded.tokenizer
             # Step 1's candidates are the top-k after the prompt (one forward pass serves both).
@@ -478,8 +478,8 @@ class Inspector:
     def windows(self, run: str, which: str, row: int) -> tuple[str, str]:
         """A real passage of the run's test data cut into the windows its training reads, the label shift visible."""
         loaded = self.h.model(run, "inspect")
-        recipe, task = loaded.recipe, loaded.recipe.task
-        if task not in ("causal_lm", "denoising"):
+        recipe = loaded.recipe
+        if not loaded.task.trains_on_windows:
             return "", not_pretraining(loaded)
         test = self._test_split(run).result()
         row = int(row)
@@ -489,7 +489,7 @@ class Inspector:
         prompt, text = passage(recipe, test[row])
         with self._model(run, which) as loaded:
             tok = loaded.tokenizer
-            if task == "denoising":
+            if getattr(loaded.model.config, "is_encoder_decoder", False):  # denoising: corrupted source windows
                 found = introspect.denoising_windows(loaded.model, tok, text, recipe.data.max_length)
                 parts = [shift_table([("encoder input (corrupted)", w["source_ids"])], tok)
                          + shift_table([("decoder input", w["decoder_input_ids"]),
@@ -537,7 +537,7 @@ class Inspector:
         layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", 1)
         heads = (getattr(config, "num_attention_heads", None) or getattr(config, "n_head", None)
                  or getattr(config, "encoder_attention_heads", 1))  # fmt: skip
-        if loaded.recipe.task in ("causal_lm", "denoising"):
+        if loaded.task.trains_on_windows:
             self._test_split(run)  # prefetch: the windows view is then instant
         threading.Thread(target=self._draw_ahead, args=(run,), name=f"inspect-positions-{run}", daemon=True).start()
         return (gr.update(choices=kinds, value=kinds[0]), gr.update(maximum=max(layers - 1, 0), value=0),
@@ -571,7 +571,7 @@ def passage(recipe, row: dict) -> tuple[str | None, str]:
 def not_pretraining(loaded: LoadedModel) -> str:
     """Why the windows view does not apply to this run."""
     recipe = loaded.recipe
-    if recipe.task == "classification":
+    if loaded.task.demo_feed == "classify":
         return (f"Does not apply: a classifier reads one text (or pair) per example, truncated to "
                 f"data.max_length = {recipe.data.max_length} tokens, with no next-token labels. Its base "
                 f"(`{recipe.model.base}`) was pretrained by its authors, not by a recipe here.")

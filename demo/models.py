@@ -291,7 +291,7 @@ class Registry:
         from pipelines import modeling
 
         kwargs = {}
-        if tuned.recipe.task == "classification":
+        if tuned.task.head_in_config:  # the head's size and labels come from the run's config
             kwargs["config"] = AutoConfig.from_pretrained(run.path / "model", trust_remote_code=False)
         with _FROM_PRETRAINED:
             base = modeling.adapter_base(run.path / "model", tuned.recipe.model.base)  # runs/... from any directory

@@ -14,20 +14,26 @@ import threading
 
 import gradio as gr
 
-from demo.inference import GENERATIVE_TASKS
 from demo.models import LoadedModel, Registry
 from pipelines.errors import TuneforgeError
 from pipelines.runs import RunInfo
+from pipelines.tasks import registry
 
 log = logging.getLogger("demo.app")
 
+def _tasks_fed(*feeds: str) -> tuple[str, ...]:
+    """The registered tasks the demo feeds in one of these ways (`Task.demo_feed`), in the order given."""
+    tasks = registry().values()
+    return tuple(task.name for feed in feeds for task in tasks if task.demo_feed == feed)
+
+
 # Which runs each tab offers, by the task recorded in metrics.json.
 TAB_TASKS = {
-    "generator": ("causal_lm",),
-    "chat": ("chat",),
-    "seq2seq": ("seq2seq", "denoising"),
-    "classify": ("classification",),
-    "side_by_side": (*GENERATIVE_TASKS, "classification"),
+    "generator": _tasks_fed("continue"),
+    "chat": _tasks_fed("turn"),
+    "seq2seq": _tasks_fed("source"),
+    "classify": _tasks_fed("classify"),
+    "side_by_side": _tasks_fed("continue", "turn", "source", "classify"),
     "details": None,  # every run
     "inspect": None,  # every run (demo/inspect_tab.py)
 }

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from pipelines.errors import TuneforgeError
 from pipelines.record import RecordError, RunRecord, TrainStats, parse_record
+from pipelines.tasks import registry
 
 FORMATS = ("markdown", "csv", "html")
 _MISSING = "—"
@@ -124,7 +125,8 @@ class Table:
     @property
     def throughput_key(self) -> str:
         # Classification throughput is naturally per example; token counts there mostly measure padding.
-        return "examples_per_s" if self.task == "classification" else "tokens_per_s"
+        task = registry().get(self.task)
+        return "examples_per_s" if task is not None and task.throughput_unit == "examples" else "tokens_per_s"
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from pipelines import runs
 from pipelines.errors import TuneforgeError
 from pipelines.recipe import Recipe
 from pipelines.record import Params, RunRecord, TrainStats, scored_fields, write_result
-from pipelines.tasks import classification
+from pipelines.tasks import classification, get_task
 
 VECTORIZER = {"sublinear_tf": True, "ngram_range": (1, 2), "min_df": 2}
 C_GRID = (0.1, 1.0, 10.0, 100.0)
@@ -97,7 +97,7 @@ def run_baseline(recipe: Recipe, run_dir: Path, *, overwrite: bool = False, laun
         TuneforgeError: not a classification recipe, an existing folder without overwrite, or any data or label
             problem the classifier itself would report.
     """
-    if recipe.task != "classification":
+    if get_task(recipe.task) is not classification.TASK:
         raise TuneforgeError(f"task: the TF-IDF baseline is for classification recipes, not {recipe.task!r}")
     runs.check_run_dir(run_dir, overwrite=overwrite, resume="never")
     raw = data_lib.load_data(recipe.data)
@@ -118,7 +118,7 @@ def run_baseline(recipe: Recipe, run_dir: Path, *, overwrite: bool = False, laun
     n_train = len(data["train"])
     record = RunRecord(
         run=run_dir.name, status="finished", task="classification", method="baseline", base_model="tfidf+logreg",
-        **scored_fields(result, classification.TASK, recipe.data, recipe.task, test, recipe.train.seed,
+        **scored_fields(result, classification.TASK, recipe.data, test, recipe.train.seed,
                         {**runs.versions(), "scikit-learn": metadata.version("scikit-learn")}),
         base_scores=None,
         # Fit time covers the vectorizer and every C of the grid (what it costs to get this model).

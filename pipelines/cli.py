@@ -68,6 +68,7 @@ def _positive_int(text: str) -> int:
 def cmd_train(args) -> int:
     from pipelines import loop
     from pipelines.recipe import load_recipe
+    from pipelines.tasks import get_task
 
     recipe = load_recipe(args.recipe, args.overrides)
     run_dir = Path(recipe.output.dir) / recipe.run_name(args.recipe)
@@ -78,7 +79,7 @@ def cmd_train(args) -> int:
         base = (metrics.get("base_scores") or {}).get(primary)
         shown = f"{primary} {metrics['scores'][primary]:.4g}" + (f" (base {base:.4g})" if base is not None else "")
         t = metrics["train"]
-        rate = (f"{t['examples_per_s']:.1f} examples/s" if recipe.task == "classification"
+        rate = (f"{t['examples_per_s']:.1f} examples/s" if get_task(recipe.task).throughput_unit == "examples"
                 else f"{t['nonpad_tokens_per_s']:.0f} non-padding tokens/s")
         print(f"{run_dir}: {shown}; {t['seconds']:.0f} s, {rate}")
     return 0

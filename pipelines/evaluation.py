@@ -31,7 +31,7 @@ def score_model(recipe: Recipe, model: str) -> tuple[dict, object]:
     accelerator = Accelerator()
     prep = build_lib.build(as_base(recipe, model), Path(model), accelerator, "resume", merge=False)
     result = loop.score(prep, recipe, accelerator, prep.model)
-    fields = scored_fields(result, prep.task, recipe.data, recipe.task, prep.data["test"], recipe.train.seed,
+    fields = scored_fields(result, prep.task, recipe.data, prep.data["test"], recipe.train.seed,
                            runs.versions())
     return fields, result
 

@@ -269,7 +269,7 @@ def finish(prep: Prepared, recipe: Recipe, run_dir: Path, accelerator: Accelerat
     record = RunRecord(
         run=run_dir.name, status="finished", task=recipe.task, method=recipe.method,
         base_model=recipe.model.base or f"scratch:{recipe.model.scratch.architecture}",
-        **scored_fields(result, prep.task, recipe.data, recipe.task, prep.data["test"], recipe.train.seed,
+        **scored_fields(result, prep.task, recipe.data, prep.data["test"], recipe.train.seed,
                         runs.versions()),
         base_scores=fitted.base_scores, validation=val,
         train=TrainStats(
@@ -281,7 +281,7 @@ def finish(prep: Prepared, recipe: Recipe, run_dir: Path, accelerator: Accelerat
     )
     metrics = record.as_dict()
     if accelerator.is_main_process:
-        write_result(run_dir, record, result, runs.model_card(recipe, metrics, launch))
+        write_result(run_dir, record, result, runs.model_card(recipe, metrics, launch, prep.task.head_in_config))
     accelerator.wait_for_everyone()
     return metrics
 

@@ -15,8 +15,7 @@ from pipelines import checks, modeling
 from pipelines import data as data_lib
 from pipelines.errors import TuneforgeError
 from pipelines.recipe import Recipe
-
-GENERATION_TASKS = ("seq2seq", "chat")
+from pipelines.tasks import get_task
 
 
 @dataclass
@@ -50,8 +49,6 @@ def _meta_model(recipe: Recipe, task) -> torch.nn.Module | None:
 
 def check_recipe(recipe: Recipe) -> Report:
     """Files, data, model structure and generation settings of one recipe."""
-    from pipelines.tasks import get_task
-
     report = Report()
     task = get_task(recipe.task)
     report.errors += checks.role_problems(recipe.task, task.roles, task.optional_roles, recipe.data.columns)
@@ -92,7 +89,7 @@ def check_recipe(recipe: Recipe) -> Report:
         problem = checks.max_length_problem(recipe.data.max_length, positions)
         if problem:
             report.errors.append(problem)
-        if positions and recipe.task in GENERATION_TASKS and recipe.eval.generation.max_new_tokens > positions:
+        if positions and task.generates and recipe.eval.generation.max_new_tokens > positions:
             report.errors.append(
                 f"eval.generation.max_new_tokens: {recipe.eval.generation.max_new_tokens} exceeds the model's "
                 f"{positions} positions"

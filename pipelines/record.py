@@ -219,14 +219,13 @@ def write_result(run_dir: Path, record: RunRecord, scored=None, card: str | None
     return out
 
 
-def scored_fields(scored, task, data_cfg, task_name: str, rows, seed: int, versions: dict[str, str]) -> dict:
+def scored_fields(scored, task, data_cfg, rows, seed: int, versions: dict[str, str]) -> dict:
     """The record fields every scored result has: headline metric, dataset identity, settings, scores.
 
     Args:
         scored: the `Scored` result.
         task: the task (its `primary_metric`/`greater_is_better` unless the result decides them).
         data_cfg: the recipe's `data` section.
-        task_name: the recipe's task.
         rows: the scored rows (their count and fingerprint are recorded).
         seed: the recipe's seed.
         versions: the library versions.
@@ -239,7 +238,7 @@ def scored_fields(scored, task, data_cfg, task_name: str, rows, seed: int, versi
     return {
         "primary_metric": scored.primary_metric or task.primary_metric,
         "greater_is_better": task.greater_is_better if scored.greater_is_better is None else scored.greater_is_better,
-        "dataset": dataset_info(data_cfg, task_name, rows),
+        "dataset": dataset_info(data_cfg, rows, packed_view=task.scores_packed_windows),
         "metric_settings": scored.settings,
         "scores": scored.scores,
         "seed": seed,

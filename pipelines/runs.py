@@ -170,8 +170,19 @@ def list_runs(root: str | Path) -> list[RunInfo]:
     return out
 
 
-def model_card(recipe: Recipe, metrics: dict, launch: str) -> str:
-    """README.md for the run folder: what it is, how it was made, its scores, how to load it."""
+def model_card(recipe: Recipe, metrics: dict, launch: str, head_in_config: bool = False) -> str:
+    """README.md for the run folder: what it is, how it was made, its scores, how to load it.
+
+    Args:
+        recipe: the run's recipe.
+        metrics: its metrics.json.
+        launch: the command that made it.
+        head_in_config: the task's head is sized from model/config.json (`Task.head_in_config`), so a LoRA
+            run's base loads with that config.
+
+    Returns:
+        The card's Markdown.
+    """
     scores = metrics.get("scores") or {}
     base_scores = metrics.get("base_scores") or {}
     lines = [
@@ -193,7 +204,7 @@ def model_card(recipe: Recipe, metrics: dict, launch: str) -> str:
         if isinstance(value, (int, float)):
             base = base_scores.get(key)
             lines.append(f"| {key} | {value:.4g} | {'' if base is None else f'{base:.4g}'} |")
-    if recipe.lora and recipe.task == "classification":  # the head's size and labels live in model/config.json
+    if recipe.lora and head_in_config:  # the head's size and labels live in model/config.json
         load = ("# BASE: base_model_name_or_path in model/adapter_config.json\n"
                 "from peft import PeftModel\nfrom transformers import AutoConfig, AutoModelForSequenceClassification\n"
                 "base = AutoModelForSequenceClassification.from_pretrained(BASE, config=AutoConfig.from_pretrained("

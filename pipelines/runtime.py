@@ -9,8 +9,10 @@ import os
 import sys
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch loads only where a run needs it, not for every CLI command
+    import torch
 
 
 def is_main_process() -> bool:
@@ -36,6 +38,7 @@ def inner_model(model):
 def make_accelerator(run_dir: Path):
     """The Accelerator a training run uses: TensorBoard logging into the run folder, the scheduler stepped by the
     loop. Warns when bf16 would be emulated on this CPU (slower than fp32)."""
+    import torch
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration
 

@@ -15,10 +15,11 @@ import yaml
 
 from pipelines import checks
 from pipelines.errors import TuneforgeError
-from pipelines.preflight import GENERATION_TASKS, Report, check_recipe
+from pipelines.preflight import Report, check_recipe
 from pipelines.recipe import LaunchConfigNotRecipe, Recipe, is_launch_config, load_recipe
+from pipelines.tasks import get_task
 
-__all__ = ["GENERATION_TASKS", "Report", "check_launch", "check_recipe", "load_launch_config", "validate_many",
+__all__ = ["Report", "check_launch", "check_recipe", "load_launch_config", "validate_many",
            "world_size"]
 
 
@@ -60,7 +61,7 @@ def check_launch(recipe: Recipe, launch: dict) -> list[str]:
     precision = str(launch.get("mixed_precision", "no")).lower()
     ds = launch.get("deepspeed_config") or {}
     fsdp = launch.get("fsdp_config") or {}
-    generates = recipe.task in GENERATION_TASKS and recipe.eval.generate
+    generates = get_task(recipe.task).generates and recipe.eval.generate
 
     if dist == "DEEPSPEED" and int(ds.get("zero_stage", 0)) == 3 and generates:
         problems.append(

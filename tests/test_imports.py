@@ -31,9 +31,9 @@ def import_graph() -> dict[str, set[str]]:
             for target in targets:
                 while target and target not in files:
                     target = target.rpartition(".")[0]
-                # A package's __init__ importing its own submodules (a registry) is the package, not a cycle.
-                related = target.startswith(name + ".") or name.startswith(target + ".")
-                if target and target != name and not related:
+                # A module importing its own parent package is no edge (Python runs the parent first anyway); a
+                # package importing its submodules is one (e.g. a registry), and must not close a cycle.
+                if target and target != name and not name.startswith(target + "."):
                     graph[name].add(target)
     return graph
 

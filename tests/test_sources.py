@@ -411,7 +411,7 @@ def test_data_splits_remap_built_in_and_local_sources(tmp_path):
         assert dd["test"]["text" if source == str(local) else "package"] == plain["validation"][
             "text" if source == str(local) else "package"]
         assert dd["train"].num_rows == plain["train"].num_rows
-        assert data_lib.dataset_info(remapped, "classification", dd["test"])["split"] == "validation"
+        assert data_lib.dataset_info(remapped, dd["test"])["split"] == "validation"
     with pytest.raises(TuneforgeError, match="data.splits.test: .* has no split 'dev'"):
         data_lib.load_data(build_recipe(raw, ["data.splits.test=dev"]).data)
 

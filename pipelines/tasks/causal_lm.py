@@ -149,4 +149,6 @@ TASK = Task(
     loss=loss,
     num_targets=num_targets,
     score=score,
+    scores_packed_windows=True,
+    trains_on_windows=True,
 )

@@ -534,4 +534,6 @@ TASK = Task(
     score=score,
     prepare=prepare,
     on_save=on_save,
+    generates=True,
+    demo_feed="turn",
 )

@@ -475,4 +475,7 @@ TASK = Task(
     prepare=prepare,
     on_save=on_save,
     token_level=False,
+    demo_feed="classify",
+    throughput_unit="examples",
+    head_in_config=True,
 )

@@ -188,4 +188,6 @@ TASK = Task(
     num_targets=seq2seq.num_targets,
     score=score,
     prepare=prepare,
+    demo_feed="source",
+    trains_on_windows=True,
 )

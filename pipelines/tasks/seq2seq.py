@@ -276,4 +276,6 @@ TASK = Task(
     num_targets=num_targets,
     score=score,
     prepare=prepare,
+    generates=True,
+    demo_feed="source",
 )
