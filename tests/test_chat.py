@@ -11,6 +11,7 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from demo import inference
 from pipelines import run_model, scratch, sources
 from pipelines.errors import TuneforgeError
 from pipelines.recipe import ScratchConfig, build_recipe
@@ -305,6 +306,6 @@ def test_tiny_chat_run_learns_to_answer_and_stops_at_end_of_turn(tmp_path):
     assert out[-1] == im_end and len(out) < 12
     assert tokenizer.decode(out, skip_special_tokens=True) == "It lists files."
     settings = recipe.eval.generation
-    streamed = list(chat.chat_stream(model, tokenizer, [{"role": "user", "content": "What does cmd7 do?"}],
+    streamed = list(inference.chat_stream(model, tokenizer, [{"role": "user", "content": "What does cmd7 do?"}],
                                      settings, system_prompt="Be brief."))
     assert streamed[-1] == "It lists files."

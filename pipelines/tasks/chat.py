@@ -34,16 +34,15 @@ perplexities stay comparable across recipes.
 from __future__ import annotations
 
 import logging
-import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import datasets
 import torch
 from transformers import AutoModelForCausalLM
 
 from pipelines.errors import TuneforgeError
-from pipelines.generation import decode, generate_ids, generation_config
-from pipelines.recipe import ChatConfig, GenerationSettings, Recipe
+from pipelines.generation import decode, generate_ids
+from pipelines.recipe import ChatConfig, Recipe
 from pipelines.runtime import inner_model
 from pipelines.scoring import ScoreContext, Scored, example_losses
 from pipelines.tasks import Task, causal_lm
@@ -293,42 +292,6 @@ def build_prompt_ids(
         del messages[head]
         ids = ids_of(messages)
     return ids[-max_length:] if max_length is not None else ids
-
-
-def chat_stream(
-    model, tokenizer, messages: Sequence, settings: GenerationSettings, system_prompt: str | None = None
-) -> Iterator[str]:
-    """Stream the next assistant reply for the demo's chat tab, stopping at the end-of-turn token.
-
-    Args:
-        model: the run's model (transformers or PEFT), in eval mode.
-        tokenizer: the run's tokenizer with its saved chat template.
-        messages: the conversation so far, ending with the user's new message.
-        settings: decoding settings (the run recipe's `eval.generation`).
-        system_prompt: the run recipe's `chat.system_prompt`.
-
-    Yields:
-        The reply so far (cumulative text, special tokens removed), as Gradio's streaming chat expects.
-    """
-    from transformers import TextIteratorStreamer
-
-    positions = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
-    budget = positions - settings.max_new_tokens if positions else None
-    ids = build_prompt_ids(tokenizer, messages, system_prompt, max_length=budget)
-    set_stop_tokens(model, tokenizer)
-    gen_cfg = generation_config(model, tokenizer, settings)
-    device = next(model.parameters()).device
-    input_ids = torch.tensor([ids], device=device)
-    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-    kwargs = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "generation_config": gen_cfg,
-              "streamer": streamer}
-    worker = threading.Thread(target=model.generate, kwargs=kwargs, daemon=True)
-    worker.start()
-    text = ""
-    for piece in streamer:
-        text += piece
-        yield text.strip()
-    worker.join()
 
 
 # ---------------------------------------------------------------------------------------------------------------
