@@ -34,7 +34,7 @@ class Task:
         primary_metric / greater_is_better: how comparison tables rank runs.
         tokenize: (rows, tokenizer, recipe, split) -> Dataset with `input_ids`, `labels` and `length`.
         collate: (features, tokenizer, recipe, pad_to_multiple_of=8) -> batch of padded tensors; the loop pads
-            training batches to 8 on GPUs only (`pipelines.loop.pad_multiple`).
+            training batches to 8 on GPUs only (`pipelines.batching.pad_multiple`).
         loss: (model, batch) -> (per-example summed loss [B] in nats, per-example target count [B]).
         num_targets: (batch) -> number of loss targets in the batch, computed on the host before the forward.
         score: (ScoreContext) -> Scored (scores, metric settings, predictions).
