@@ -68,7 +68,7 @@ def keep_freed_memory_mapped(device: torch.device) -> None:
     floats). PyTorch's CPU performance tuning guide swaps in jemalloc/tcmalloc for this; raising glibc's mmap and
     trim thresholds (`mallopt`) gets the same reuse from the C library already loaded. Freed blocks stay mapped,
     so peak resident memory grows a little. Does nothing on GPUs, other platforms, or C libraries without
-    `mallopt` (musl). (Measured effect: docs/benchmarks.md.)
+    `mallopt` (musl). (Measured effect: docs/measurements.md.)
     """
     if device.type != "cpu" or not sys.platform.startswith("linux"):
         return
