@@ -30,7 +30,7 @@ from pipelines.record import RunRecord, TrainStats, scored_fields, write_json, w
 from pipelines.runtime import keep_freed_memory_mapped, make_accelerator
 from pipelines.scoring import ScoreContext, Scored, example_losses, perplexity
 
-__all__ = ["Fitted", "build", "fit", "save_checkpoint", "score", "train", "validation_loss"]
+__all__ = ["Fitted", "accumulate_gradients", "build", "fit", "save_checkpoint", "score", "train", "validation_loss"]
 
 
 def score(prep: Prepared, recipe: Recipe, accelerator: Accelerator, model, split: str = "test") -> Scored:
@@ -158,19 +158,7 @@ def fit(prep: Prepared, recipe: Recipe, run_dir: Path, accelerator: Accelerator,
         for step in range(start_step, stop_at):
             t0 = time.perf_counter()
             micro = [collate([features[i] for i in b]) for b in batches.for_step(step)]
-            local_targets = sum(int(prep.task.num_targets(b)) for b in micro)
-            global_targets = local_targets
-            if accelerator.num_processes > 1:
-                global_targets = int(accelerator.reduce(torch.tensor(local_targets, device=device), "sum"))
-            for i, batch in enumerate(micro):
-                meter.count(batch, spec)  # on the host copy, so no step waits on the device for a number
-                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-                with accelerator.no_sync(model) if i < len(micro) - 1 else contextlib.nullcontext():
-                    nll, _ = prep.task.loss(model, batch)
-                    total = nll.sum()
-                    accelerator.backward(total * accelerator.num_processes / global_targets)
-                log_sums[0] += total.detach().double()
-            log_sums[1] += local_targets
+            accumulate_gradients(prep.task, model, accelerator, micro, meter, spec, log_sums)
             if cfg.max_grad_norm is not None:
                 accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
             optimizer.step()
@@ -191,6 +179,35 @@ def fit(prep: Prepared, recipe: Recipe, run_dir: Path, accelerator: Accelerator,
                 save_checkpoint(accelerator, run_dir, done, cfg.keep_checkpoints)
     bar.close()
     return Fitted(model, meter, start_step, last_loss, base_scores, stop_at if stop_at < cfg.max_steps else None)
+
+
+def accumulate_gradients(task, model, accelerator: Accelerator, micro: list[dict], meter: Meter, spec,
+                         log_sums: torch.Tensor) -> None:
+    """Forward and backward over one optimizer step's micro-batches, with the token-weighted loss (see `fit`).
+
+    Args:
+        task: the run's task (its `loss` and `num_targets`).
+        model: the prepared model.
+        accelerator: the run's Accelerator.
+        micro: this process's micro-batches of the step (host tensors).
+        meter: counts every micro-batch.
+        spec: the model's `flops.FlopSpec`.
+        log_sums: [2] float64 on the device: summed loss (nats) and targets since the last log line; added to.
+    """
+    device = accelerator.device
+    local_targets = sum(int(task.num_targets(b)) for b in micro)
+    global_targets = local_targets
+    if accelerator.num_processes > 1:
+        global_targets = int(accelerator.reduce(torch.tensor(local_targets, device=device), "sum"))
+    for i, batch in enumerate(micro):
+        meter.count(batch, spec)  # on the host copy, so no step waits on the device for a number
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        with accelerator.no_sync(model) if i < len(micro) - 1 else contextlib.nullcontext():
+            nll, _ = task.loss(model, batch)
+            total = nll.sum()
+            accelerator.backward(total * accelerator.num_processes / global_targets)
+        log_sums[0] += total.detach().double()
+    log_sums[1] += local_targets
 
 
 def resume_or_score_base(prep: Prepared, recipe: Recipe, run_dir: Path, accelerator: Accelerator, model,
