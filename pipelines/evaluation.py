@@ -16,7 +16,7 @@ from pipelines import build as build_lib
 from pipelines import loop, runs
 from pipelines.errors import TuneforgeError
 from pipelines.recipe import Recipe, build_recipe, load_recipe
-from pipelines.record import RunRecord, scored_fields, write_result
+from pipelines.record import parse_record, scored_fields, write_result
 from pipelines.runtime import is_main_process
 
 
@@ -93,7 +93,7 @@ def eval_main(target: str, *, recipe_path: str | None, out: str | None, override
         if not (dest / "recipe.yaml").exists():
             (dest / "recipe.yaml").write_text(as_base(recipe, target).to_yaml())
         # The artifacts (e.g. the confusion matrix) are redrawn from the new predictions.
-        write_result(dest, RunRecord.model_validate(metrics), result)
+        write_result(dest, parse_record(metrics, dest / "metrics.json"), result)
         primary = fields["primary_metric"]
         print(f"{dest}: {primary} {fields['scores'][primary]:.4g} on {fields['dataset']['name']} "
               f"{fields['dataset']['split']} ({fields['dataset']['num_examples']} examples)")
