@@ -124,8 +124,9 @@ class RunRecord(_Part):
         return self
 
     def as_dict(self) -> dict:
-        """The JSON object written to metrics.json (only the fields that were set, unknown keys kept)."""
-        return self.model_dump(mode="json", exclude_unset=True, by_alias=True)
+        """The JSON object written to metrics.json: `schema` first, then the fields that were set (unknown keys
+        kept)."""
+        return {"schema": self.schema_version, **self.model_dump(mode="json", exclude_unset=True, by_alias=True)}
 
 
 def parse_record(obj: object, path: Path | str = "metrics.json") -> RunRecord:

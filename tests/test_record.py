@@ -51,6 +51,11 @@ def test_unreadable_json_is_a_record_error(tmp_path):
     assert record.read_record(tmp_path / "none") is None
 
 
+def test_a_written_record_always_names_its_schema():
+    assert record.RunRecord(status="running", base_scores={"loss": 1.0}).as_dict() == {
+        "schema": 1, "status": "running", "base_scores": {"loss": 1.0}}
+
+
 def test_write_result_writes_predictions_artifacts_metrics_and_card(tmp_path):
     from pipelines.scoring import Scored
 
