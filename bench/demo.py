@@ -74,7 +74,7 @@ def inspect_views(runs_dir: Path, run: str) -> dict:
     (first request of that view) and warm (repeated), all with the tab's default inputs."""
     from demo.inspect_tab import DEFAULT_TEXT, Inspector
 
-    ins = Inspector(handlers(runs_dir))
+    ins = Inspector(handlers(runs_dir).session)
     out = {"select_run_s": _seconds(lambda: ins.controls(run))[0]}
     calls = {
         "tokens": lambda: ins.tokens(run, "run", DEFAULT_TEXT),

@@ -259,22 +259,22 @@ NOTES = """\
 What tuneforge does for speed (all in the shared loop and the task modules, nothing bench-specific):
 
 - causal LM pretraining trains on packed windows (`data.packing`), so no step computes padding;
-- length-grouped batches (`pipelines.loop.StepBatches`): mega-batches of 50 global batches sorted by length, as
+- length-grouped batches (`pipelines.batching.StepBatches`): mega-batches of 50 global batches sorted by length, as
   transformers' `LengthGroupedSampler`, then whole steps shuffled (no length trend through an epoch; the longest
   step first); seq2seq sorts by the longer of source and target, since both sides pad;
 - training batches are padded to a multiple of 8 only on CUDA (see below);
 - fused AdamW (one kernel per parameter; also `Trainer`'s default since transformers 5);
 - no KV cache while training (`config.use_cache` off in the loop, restored for saving and generation);
 - the causal LM loss shifts the labels instead of slicing the logits (no copy of the `[B, T, vocab]` tensor);
-- tokenized splits are cached on disk and reused by later runs (`pipelines.loop.tokenize_cached`);
+- tokenized splits are cached on disk and reused by later runs (`pipelines.tokenized.tokenize_cached`);
 - token and FLOP counts are taken from the host copy of each batch: no step waits on the device for a number;
 - scratch GPT-2 models use GPT-2's tanh GELU as PyTorch's fused kernel (`gelu_pytorch_tanh`); the benchmark's
   GPT-2 base is built by `pipelines.scratch`, so every configuration here gets that.
 
 - Padding to a multiple of 8 is for Tensor Cores (transformers' `pad_to_multiple_of` documentation). tuneforge
-  pads training batches to 8 on CUDA only (`pipelines.loop.pad_multiple`); on a CPU it is pure extra work (about
+  pads training batches to 8 on CUDA only (`pipelines.batching.pad_multiple`); on a CPU it is pure extra work (about
   15% more tokens on 20-token inputs). The tuned Trainer row keeps the documented 8.
-- The tokenized splits are cached across runs (`pipelines.loop.tokenize_cached`, `~/.cache/tuneforge/tokenized`):
+- The tokenized splits are cached across runs (`pipelines.tokenized.tokenize_cached`, `~/.cache/tuneforge/tokenized`):
   the `process s` column of tuneforge includes a cache hit after the first run of a family.
 - The short runs train from scratch (GPT-2, BART) or for one short epoch (MiniLM), so the losses are high; they are
   there to show that every configuration trained the same, not to rank models."""

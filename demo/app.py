@@ -16,27 +16,23 @@ from __future__ import annotations
 
 import base64
 import errno
-import functools
 import html
-import inspect
 import logging
-import tempfile
-import threading
 from pathlib import Path
 
 import gradio as gr
 
 from demo.inference import (
-    GENERATIVE_TASKS,
     chat_input,
     decoding,
     label_probabilities,
     model_input,
     stream_text,
 )
+from demo.inspect_tab import inspect_tab
 from demo.models import LoadedModel, Registry
+from demo.session import TAB_TASKS, Session, run_choices, run_dropdown, shown_in_ui, user_error
 from pipelines.errors import TuneforgeError
-from pipelines.runs import RunInfo
 
 log = logging.getLogger(__name__)
 
@@ -47,61 +43,6 @@ HISTORY_LIMIT = 20  # a chat conversation may hold this many times the input lim
 QUEUE_SIZE = 64  # waiting requests beyond this are refused with "queue is full" instead of piling up
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
-# Which runs each tab offers, by the task recorded in metrics.json.
-TAB_TASKS = {
-    "generator": ("causal_lm",),
-    "chat": ("chat",),
-    "seq2seq": ("seq2seq", "denoising"),
-    "classify": ("classification",),
-    "side_by_side": (*GENERATIVE_TASKS, "classification"),
-    "details": None,  # every run
-    "inspect": None,  # every run (demo/inspect_tab.py)
-}
-
-
-def user_error(message: str) -> gr.Error:
-    """An error message for the UI; no traceback in the server log (bad input is not a server problem)."""
-    return gr.Error(message, print_exception=False)
-
-
-def shown_in_ui(fn):
-    """Turn any failure of a handler into an error message in the UI; the server keeps serving.
-
-    `TuneforgeError` (bad input the user can fix) shows its own message; anything else is logged with its
-    traceback and shown by type and message. Works for plain and generator (streaming) handlers.
-    """
-
-    def convert(exc: Exception) -> gr.Error:
-        if isinstance(exc, TuneforgeError):
-            return user_error(str(exc))
-        log.exception("demo handler %s failed", fn.__name__)
-        return user_error(f"{type(exc).__name__}: {exc} (details in the server log)")
-
-    if inspect.isgeneratorfunction(fn):
-
-        @functools.wraps(fn)
-        def stream(*args, **kwargs):
-            try:
-                yield from fn(*args, **kwargs)
-            except gr.Error:
-                raise
-            except Exception as exc:
-                raise convert(exc) from exc
-
-        return stream
-
-    @functools.wraps(fn)
-    def call(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except gr.Error:
-            raise
-        except Exception as exc:
-            raise convert(exc) from exc
-
-    return call
-
-
 class Handlers:
     """What each tab does, over one runs folder.
 
@@ -111,62 +52,33 @@ class Handlers:
     """
 
     def __init__(self, registry: Registry, max_input_chars: int):
-        self.registry = registry
-        self.max_input_chars = max_input_chars
-        self._charts = tempfile.TemporaryDirectory(prefix="tuneforge-demo-")  # removed when the app goes away
-        self._plot_lock = threading.Lock()  # matplotlib's pyplot is not thread-safe
-
-    # -- shared checks ------------------------------------------------------------------------------------------
-
-    def text(self, value: str | None, what: str) -> str:
-        """The user's text, refused (with a message) when empty or over the length limit."""
-        if value is None or not str(value).strip():
-            raise user_error(f"{what}: empty; type some text first")
-        if len(value) > self.max_input_chars:
-            raise user_error(
-                f"{what}: {len(value):,} characters is over this demo's limit of {self.max_input_chars:,}; shorten it"
-            )
-        return value
-
-    def model(self, key: str | None, tab: str) -> LoadedModel:
-        """The run's model, checked to belong to `tab`; says so in the UI when it loads for the first time."""
-        run = self.registry.run(key)
-        tasks = TAB_TASKS[tab]
-        if tasks is not None and run.task not in tasks:
-            raise TuneforgeError(f"run: {run.name!r} is a {run.task} run; this tab serves {', '.join(tasks)} runs")
-        if run.path.name not in self.registry.cache.keys:
-            gr.Info(f"Loading {run.name} (first use)")
-        return self.registry.finetuned(key)
-
-    @staticmethod
-    def notes(notes: list[str]) -> None:
-        for note in notes:
-            gr.Warning(note)
+        self.session = Session(registry, max_input_chars)  # shared with the Inspect tab
+        self.registry, self.max_input_chars = registry, max_input_chars
 
     # -- tabs ---------------------------------------------------------------------------------------------------
 
     @shown_in_ui
     def generate(self, run: str, prompt: str, temperature: float, top_p: float, max_new_tokens: int):
         """Generator tab: the continuation of `prompt`, streamed; temperature 0 is greedy (deterministic)."""
-        text = self.text(prompt, "prompt")
-        loaded = self.model(run, "generator")
+        text = self.session.text(prompt, "prompt")
+        loaded = self.session.model(run, "generator")
         settings = decoding(max_new_tokens, temperature, top_p)
         inputs = model_input(loaded, text, settings.max_new_tokens)
-        self.notes(inputs.notes)
+        self.session.notes(inputs.notes)
         yield from stream_text(loaded, inputs, settings)
 
     @shown_in_ui
     def chat(self, run: str, message: str, history: list | None, temperature: float, top_p: float,
              max_new_tokens: int):  # fmt: skip
         """Chat tab: the conversation with the answer streamed in; clears the message box."""
-        text = self.text(message, "message")
+        text = self.session.text(message, "message")
         turns = plain_history(history) + [{"role": "user", "content": text}]
         if sum(len(turn["content"]) for turn in turns) > HISTORY_LIMIT * self.max_input_chars:
             raise user_error("conversation: too long for this demo; press Clear and start a new one")
-        loaded = self.model(run, "chat")
+        loaded = self.session.model(run, "chat")
         settings = decoding(max_new_tokens, temperature, top_p)
         inputs = chat_input(loaded, turns, settings.max_new_tokens)
-        self.notes(inputs.notes)
+        self.session.notes(inputs.notes)
         yield turns, ""
         for answer in stream_text(loaded, inputs, settings):
             # A chat bubble does not show leading whitespace; strip it so the value is what the user sees.
@@ -176,35 +88,35 @@ class Handlers:
     def seq2seq(self, run: str, source: str, num_beams: int, length_penalty: float, no_repeat_ngram_size: int,
                 max_new_tokens: int):  # fmt: skip
         """Translate / Summarize tab: the generated target (one piece with beam search, streamed without)."""
-        text = self.text(source, "source text")
-        loaded = self.model(run, "seq2seq")
+        text = self.session.text(source, "source text")
+        loaded = self.session.model(run, "seq2seq")
         settings = decoding(max_new_tokens, 0.0, 1.0, num_beams, length_penalty, no_repeat_ngram_size)
         inputs = model_input(loaded, text, settings.max_new_tokens)
-        self.notes(inputs.notes)
+        self.session.notes(inputs.notes)
         yield from stream_text(loaded, inputs, settings)
 
     @shown_in_ui
     def classify(self, run: str, text: str, pair: str | None) -> dict[str, float]:
         """Classify tab: probability per label, highest first."""
-        text = self.text(text, "text")
-        loaded = self.model(run, "classify")
+        text = self.session.text(text, "text")
+        loaded = self.session.model(run, "classify")
         pair = self._pair(loaded, pair)
         return label_probabilities(loaded, text, pair)
 
     @shown_in_ui
     def side_by_side(self, run: str, text: str, max_new_tokens: int):
         """Side by side tab: the base model's output, then the finetuned run's, both greedy."""
-        text = self.text(text, "input")
-        tuned = self.model(run, "side_by_side")
+        text = self.session.text(text, "input")
+        tuned = self.session.model(run, "side_by_side")
         base, adapter_off = self.registry.base(run)
-        if tuned.recipe.task == "classification":
+        if tuned.task.demo_feed == "classify":
             before = label_probabilities(base, text, adapter_off=adapter_off)
             yield format_labels(before), format_labels(label_probabilities(tuned, text))
             return
         # The run's own scoring settings (e.g. beams for seq2seq), greedy so both sides are reproducible.
         settings = tuned.recipe.eval.generation.model_copy(update={"do_sample": False})
         inputs = model_input(tuned, text, int(max_new_tokens))
-        self.notes(inputs.notes)
+        self.session.notes(inputs.notes)
         before = ""
         for before in stream_text(base, inputs, settings, adapter_off=adapter_off):
             yield before, ""
@@ -221,8 +133,8 @@ class Handlers:
         if not runs and not problems:
             return f"No runs under `{root}` yet. Train one: `tuneforge train recipes/gpt/pretrain-tiny.yaml`", ""
         tables = build_tables(runs)
-        with self._plot_lock:
-            charts = [(t.title, bar_chart_png(t, Path(self._charts.name) / chart_name(t))) for t in tables]
+        with self.session.plot_lock:
+            charts = [(t.title, bar_chart_png(t, Path(self.session.charts.name) / chart_name(t))) for t in tables]
         return render_markdown(tables, problems), charts_html(charts)
 
     @shown_in_ui
@@ -234,8 +146,8 @@ class Handlers:
             return "", {}, None
         info = self.registry.run(run)
         recipe = (info.path / "recipe.yaml").read_text(encoding="utf-8")
-        picture = Path(self._charts.name) / f"loss-{info.path.name}.png"
-        with self._plot_lock:
+        picture = Path(self.session.charts.name) / f"loss-{info.path.name}.png"
+        with self.session.plot_lock:
             try:
                 curve = str(loss_curve_png(info.path / "log.jsonl", picture))
             except TuneforgeError as exc:  # nothing logged: show the rest anyway
@@ -278,7 +190,7 @@ class Handlers:
             gr.Warning(f"{loaded.key} classifies single texts; the second text is ignored")
         if not takes_pairs:
             return None
-        return self.text(pair, "second text")
+        return self.session.text(pair, "second text")
 
 
 def plain_history(history: list | None) -> list[dict]:
@@ -309,12 +221,6 @@ def format_labels(probs: dict[str, float], top: int = 3) -> str:
     return " · ".join(f"{label} {p:.3f}" for label, p in list(probs.items())[:top])
 
 
-def run_choices(registry: Registry, tab: str) -> list[tuple[str, str]]:
-    """(label shown, run key) for the runs a tab serves."""
-    runs: list[RunInfo] = registry.catalog.runs(TAB_TASKS[tab], with_base=tab == "side_by_side")
-    return [(run.label, run.path.name) for run in runs]
-
-
 def header_text(registry: Registry) -> str:
     """The line above the tabs: how many runs, from where, and the cache budget."""
     runs = registry.catalog.runs()
@@ -328,12 +234,6 @@ def header_text(registry: Registry) -> str:
 
 
 # -- layout: one builder per tab ------------------------------------------------------------------------------------
-
-
-def run_dropdown(registry: Registry, tab: str) -> gr.Dropdown:
-    """The runs `tab` serves, labelled with task, base and primary score; the first one selected."""
-    choices = run_choices(registry, tab)
-    return gr.Dropdown(choices=choices, value=choices[0][1] if choices else None, label="Run", elem_id=f"{tab}-run")
 
 
 def input_box(label: str, limit: int, elem_id: str, lines: int = 4) -> gr.Textbox:
@@ -471,8 +371,6 @@ def build_app(
     Raises:
         TuneforgeError: `runs_dir` is not a directory.
     """
-    from demo.inspect_tab import inspect_tab  # it builds on this module's helpers
-
     handlers = Handlers(Registry(runs_dir, cache_mb * 2**20), max_input_chars)
     with gr.Blocks(title="tuneforge demo", analytics_enabled=False) as app:
         with gr.Row():
@@ -483,7 +381,7 @@ def build_app(
             seq2seq_run, beam_controls = seq2seq_tab(handlers)
             classify_run, side_run = classify_tab(handlers), side_by_side_tab(handlers)
             details_run, board, details = leaderboard_tab(handlers)
-            inspect_run = inspect_tab(handlers)
+            inspect_run = inspect_tab(handlers.session)
         dropdowns = [generator_run, chat_run, seq2seq_run, classify_run, side_run, details_run,
                      inspect_run]  # TAB_TASKS order
         # Cheap file-system reads: never stuck behind generations waiting for the concurrency limit.

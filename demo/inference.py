@@ -13,18 +13,17 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
 from demo.models import LoadedModel
+from pipelines.checks import context_length
 from pipelines.errors import TuneforgeError
 from pipelines.generation import decode, generation_config
 from pipelines.recipe import GenerationSettings
-
-GENERATIVE_TASKS = ("causal_lm", "chat", "seq2seq", "denoising")
 
 
 @dataclass
@@ -42,16 +41,6 @@ class ModelInput:
     max_new_tokens: int
     eos_token_id: list[int] | None = None
     notes: list[str] = field(default_factory=list)
-
-
-def context_length(model) -> int | None:
-    """Positions the model can attend to (GPT-2 `n_positions`, BART `max_position_embeddings`), if it says."""
-    config = model.config
-    for name in ("n_positions", "max_position_embeddings"):
-        value = getattr(config, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
 
 
 def is_encoder_decoder(model) -> bool:
@@ -97,7 +86,7 @@ def causal_lm_input(loaded: LoadedModel, text: str, max_new_tokens: int) -> Mode
     prompted = "prompt" in loaded.recipe.data.columns
     ids = tokenizer(text + ("\n" if prompted else ""), add_special_tokens=False)["input_ids"]
     head = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    return fit_decoder_prompt(head + ids, max_new_tokens, context_length(loaded.model), keep_head=len(head))
+    return fit_decoder_prompt(head + ids, max_new_tokens, context_length(loaded.model.config), keep_head=len(head))
 
 
 def seq2seq_input(loaded: LoadedModel, text: str, max_new_tokens: int) -> ModelInput:
@@ -107,7 +96,7 @@ def seq2seq_input(loaded: LoadedModel, text: str, max_new_tokens: int) -> ModelI
     truncated to the run's `data.max_length`.
     """
     limit = loaded.recipe.data.max_length
-    context = context_length(loaded.model)
+    context = context_length(loaded.model.config)
     if context is not None:
         limit = min(limit, context)
     ids = loaded.tokenizer(text, add_special_tokens=True)["input_ids"]
@@ -136,7 +125,7 @@ def chat_input(loaded: LoadedModel, messages: list[dict], max_new_tokens: int) -
     """
     from pipelines.tasks import chat
 
-    tokenizer, context = loaded.tokenizer, context_length(loaded.model)
+    tokenizer, context = loaded.tokenizer, context_length(loaded.model.config)
     system = chat.chat_config(loaded.recipe).system_prompt
     with loaded.lock:  # the tokenizer is shared with requests that are generating (see LoadedModel.lock)
         full = chat.build_prompt_ids(tokenizer, messages, system)
@@ -153,15 +142,15 @@ def chat_input(loaded: LoadedModel, messages: list[dict], max_new_tokens: int) -
 
 def model_input(loaded: LoadedModel, text: str, max_new_tokens: int) -> ModelInput:
     """The model input for one piece of user text, whatever the run's generative task."""
-    task = loaded.recipe.task
+    feed = loaded.task.demo_feed
     with loaded.lock:  # the tokenizer is shared with requests that are generating (see LoadedModel.lock)
-        if task == "causal_lm":
+        if feed == "continue":
             return causal_lm_input(loaded, text, max_new_tokens)
-        if task == "chat":
+        if feed == "turn":
             return chat_input(loaded, [{"role": "user", "content": text}], max_new_tokens)
-        if task in ("seq2seq", "denoising"):
+        if feed == "source":
             return seq2seq_input(loaded, text, max_new_tokens)
-    raise TuneforgeError(f"run: task {task!r} does not generate text; use the Classify tab")
+    raise TuneforgeError(f"run: task {loaded.recipe.task!r} does not generate text; use the Classify tab")
 
 
 def decoding(
@@ -292,3 +281,39 @@ def label_probabilities(
         probs = classification.predict_proba(loaded.model, loaded.tokenizer, [text], text_pairs=pairs)[0]
     named = dict(zip(classification.label_names(loaded.model), probs.tolist(), strict=True))
     return dict(sorted(named.items(), key=lambda kv: -kv[1]))
+
+
+def chat_stream(
+    model, tokenizer, messages: Sequence, settings: GenerationSettings, system_prompt: str | None = None
+) -> Iterator[str]:
+    """Stream the next assistant reply for the demo's chat tab, stopping at the end-of-turn token.
+
+    Args:
+        model: the run's model (transformers or PEFT), in eval mode.
+        tokenizer: the run's tokenizer with its saved chat template.
+        messages: the conversation so far, ending with the user's new message.
+        settings: decoding settings (the run recipe's `eval.generation`).
+        system_prompt: the run recipe's `chat.system_prompt`.
+
+    Yields:
+        The reply so far (cumulative text, special tokens removed), as Gradio's streaming chat expects.
+    """
+    positions = context_length(model.config)
+    budget = positions - settings.max_new_tokens if positions else None
+    from pipelines.tasks import chat
+
+    ids = chat.build_prompt_ids(tokenizer, messages, system_prompt, max_length=budget)
+    chat.set_stop_tokens(model, tokenizer)
+    gen_cfg = generation_config(model, tokenizer, settings)
+    device = next(model.parameters()).device
+    input_ids = torch.tensor([ids], device=device)
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    kwargs = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "generation_config": gen_cfg,
+              "streamer": streamer}
+    worker = threading.Thread(target=model.generate, kwargs=kwargs, daemon=True)
+    worker.start()
+    text = ""
+    for piece in streamer:
+        text += piece
+        yield text.strip()
+    worker.join()

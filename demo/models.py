@@ -19,7 +19,8 @@ import torch
 
 from pipelines.errors import TuneforgeError
 from pipelines.recipe import Recipe
-from pipelines.runs import RunInfo, list_runs, load_run_model
+from pipelines.run_model import load_run_model
+from pipelines.runs import RunInfo, list_runs
 from pipelines.tasks import Task
 
 # transformers 5 `from_pretrained` is not safe to run concurrently for different models (tied weights can be
@@ -290,7 +291,7 @@ class Registry:
         from pipelines import modeling
 
         kwargs = {}
-        if tuned.recipe.task == "classification":
+        if tuned.task.head_in_config:  # the head's size and labels come from the run's config
             kwargs["config"] = AutoConfig.from_pretrained(run.path / "model", trust_remote_code=False)
         with _FROM_PRETRAINED:
             base = modeling.adapter_base(run.path / "model", tuned.recipe.model.base)  # runs/... from any directory

@@ -25,8 +25,8 @@ from pipelines import data as data_lib
 from pipelines import runs
 from pipelines.errors import TuneforgeError
 from pipelines.recipe import Recipe
-from pipelines.scoring import write_jsonl
-from pipelines.tasks import classification
+from pipelines.record import Params, RunRecord, TrainStats, scored_fields, write_result
+from pipelines.tasks import classification, get_task
 
 VECTORIZER = {"sublinear_tf": True, "ngram_range": (1, 2), "min_df": 2}
 C_GRID = (0.1, 1.0, 10.0, 100.0)
@@ -97,7 +97,7 @@ def run_baseline(recipe: Recipe, run_dir: Path, *, overwrite: bool = False, laun
         TuneforgeError: not a classification recipe, an existing folder without overwrite, or any data or label
             problem the classifier itself would report.
     """
-    if recipe.task != "classification":
+    if get_task(recipe.task) is not classification.TASK:
         raise TuneforgeError(f"task: the TF-IDF baseline is for classification recipes, not {recipe.task!r}")
     runs.check_run_dir(run_dir, overwrite=overwrite, resume="never")
     raw = data_lib.load_data(recipe.data)
@@ -116,35 +116,21 @@ def run_baseline(recipe: Recipe, run_dir: Path, *, overwrite: bool = False, laun
         list(test[pair_col]) if pair_col else None, settings={"baseline": settings, "labels": report},
     )
     n_train = len(data["train"])
-    metrics = {
-        "schema": 1,
-        "run": run_dir.name,
-        "status": "finished",
-        "task": "classification",
-        "method": "baseline",
-        "base_model": "tfidf+logreg",
-        "primary_metric": classification.TASK.primary_metric,
-        "greater_is_better": classification.TASK.greater_is_better,
-        "dataset": data_lib.dataset_info(recipe.data, recipe.task, test),
-        "metric_settings": result.settings,
-        "scores": result.scores,
-        "base_scores": None,
+    record = RunRecord(
+        run=run_dir.name, status="finished", task="classification", method="baseline", base_model="tfidf+logreg",
+        **scored_fields(result, classification.TASK, recipe.data, test, recipe.train.seed,
+                        {**runs.versions(), "scikit-learn": metadata.version("scikit-learn")}),
+        base_scores=None,
         # Fit time covers the vectorizer and every C of the grid (what it costs to get this model).
-        "train": {"examples": n_train, "seconds": seconds, "examples_per_s": n_train / max(seconds, 1e-9)},
-        "params": {"trainable": settings["parameters"], "total": settings["parameters"]},
-        "seed": recipe.train.seed,
-        "recipe_hash": recipe.hash(),
-        "versions": {**runs.versions(), "scikit-learn": metadata.version("scikit-learn")},
-    }
+        train=TrainStats(examples=n_train, seconds=seconds, examples_per_s=n_train / max(seconds, 1e-9)),
+        params=Params(trainable=settings["parameters"], total=settings["parameters"]),
+        recipe_hash=recipe.hash(),
+    )
+    metrics = record.as_dict()
     runs.clear_run_dir(run_dir)
     run_dir.mkdir(parents=True)
     (run_dir / "recipe.yaml").write_text(recipe.to_yaml())
-    write_jsonl(run_dir / "predictions.jsonl", result.predictions)
-    for name, write in result.artifacts.items():
-        write(run_dir / name)
-    runs.write_json(run_dir / "metrics.json", metrics)
-    (run_dir / "README.md").write_text(_card(metrics, launch))
-    return metrics
+    return write_result(run_dir, record, result, _card(metrics, launch))
 
 
 def _card(metrics: dict, launch: str) -> str:

@@ -7,12 +7,12 @@ disk and a read-only folder met anywhere. Any other exception is a bug: one line
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import sys
 from pathlib import Path
 
 from pipelines.errors import TuneforgeError
+from pipelines.runtime import is_main_process
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -71,17 +71,18 @@ def _positive_int(text: str) -> int:
 def cmd_train(args) -> int:
     from pipelines import loop
     from pipelines.recipe import load_recipe
+    from pipelines.tasks import get_task
 
     recipe = load_recipe(args.recipe, args.overrides)
     run_dir = Path(recipe.output.dir) / recipe.run_name(args.recipe)
     launch = "tuneforge train " + shlex.join([args.recipe, *args.overrides])
     metrics = loop.train(recipe, run_dir, overwrite=args.overwrite, launch=launch)
-    if metrics.get("status") == "finished" and int(os.environ.get("RANK", "0")) == 0:
+    if metrics.get("status") == "finished" and is_main_process():
         primary = metrics["primary_metric"]
         base = (metrics.get("base_scores") or {}).get(primary)
         shown = f"{primary} {metrics['scores'][primary]:.4g}" + (f" (base {base:.4g})" if base is not None else "")
         t = metrics["train"]
-        rate = (f"{t['examples_per_s']:.1f} examples/s" if recipe.task == "classification"
+        rate = (f"{t['examples_per_s']:.1f} examples/s" if get_task(recipe.task).throughput_unit == "examples"
                 else f"{t['nonpad_tokens_per_s']:.0f} non-padding tokens/s")
         print(f"{run_dir}: {shown}; {t['seconds']:.0f} s, {rate}")
     return 0

@@ -259,20 +259,27 @@ def load_data(data: DataConfig) -> datasets.DatasetDict:
     return datasets.DatasetDict(out)
 
 
-def dataset_info(data: DataConfig, task: str, ds: datasets.Dataset) -> dict:
+def dataset_info(data: DataConfig, ds: datasets.Dataset, *, packed_view: bool = False) -> dict:
     """The identity of the scored rows `ds`, recorded with every score: dataset name (see `dataset_name`), the
-    source split they came from (`data.splits.test`, "test" unless remapped), example count and fingerprint."""
+    source split they came from (`data.splits.test`, "test" unless remapped), example count and fingerprint.
+
+    Args:
+        data: the recipe's data section.
+        ds: the scored rows.
+        packed_view: the task scores packed windows (`Task.scores_packed_windows`).
+    """
     split = data.splits.get("test", "test")
-    return {"name": dataset_name(data, task), "split": split, "num_examples": len(ds), "fingerprint": fingerprint(ds)}
+    return {"name": dataset_name(data, packed_view=packed_view), "split": split, "num_examples": len(ds),
+            "fingerprint": fingerprint(ds)}
 
 
-def dataset_name(data: DataConfig, task: str) -> str:
+def dataset_name(data: DataConfig, *, packed_view: bool = False) -> str:
     """A readable name of what is scored: source, parameters, mixed-in sources and the column view.
 
     The view (which columns play which role, packed windows or not) is part of the name because the same rows
     scored another way give incomparable numbers (perplexity of packed windows vs of continuations only), and
-    comparison tables group runs by this name. E.g. `gettext(lang=de)[source=en, target=de]`. Only causal LM
-    scores packed windows; chat packs its training split alone, so its name never says "packed".
+    comparison tables group runs by this name. E.g. `gettext(lang=de)[source=en, target=de]`. Only a task that
+    scores packed windows (causal LM) says "packed"; chat packs its training split alone.
     """
     def one(spec: SourceSpec) -> str:
         kept = {"near_duplicates": "keep"} if spec.near_duplicates == "keep" else {}  # the default stays unnamed
@@ -280,7 +287,7 @@ def dataset_name(data: DataConfig, task: str) -> str:
         return f"{spec.source}({params})" if params else spec.source
 
     view = ", ".join(f"{role}={'+'.join([c] if isinstance(c, str) else c)}" for role, c in data.columns.items())
-    if data.packing and task == "causal_lm":
+    if data.packing and packed_view:
         view += f"; packed {data.max_length}"
     return "+".join([one(data)] + [one(m) for m in data.mix]) + (f"[{view}]" if view else "")
 

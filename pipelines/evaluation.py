@@ -12,11 +12,12 @@ from pathlib import Path
 
 from accelerate import Accelerator
 
-from pipelines import data as data_lib
+from pipelines import build as build_lib
 from pipelines import distributed, loop, runs
 from pipelines.errors import TuneforgeError
-from pipelines.recipe import Recipe, load_recipe
-from pipelines.scoring import write_jsonl
+from pipelines.recipe import Recipe, build_recipe, load_recipe
+from pipelines.record import parse_record, scored_fields, write_result
+from pipelines.runtime import is_main_process
 
 
 def as_base(recipe: Recipe, model: str) -> Recipe:
@@ -29,19 +30,10 @@ def score_model(recipe: Recipe, model: str) -> tuple[dict, object]:
     """Score `model` on `recipe`'s test split. Returns (metrics fields, Scored)."""
     accelerator = Accelerator()
     distributed.check_processes(accelerator)
-    prep = loop.build(as_base(recipe, model), Path(model), accelerator, "resume", merge=False)
+    prep = build_lib.build(as_base(recipe, model), Path(model), accelerator, "resume", merge=False)
     result = loop.score(prep, recipe, accelerator, prep.model)
-    fields = {
-        "primary_metric": result.primary_metric or prep.task.primary_metric,
-        "greater_is_better": (
-            prep.task.greater_is_better if result.greater_is_better is None else result.greater_is_better
-        ),
-        "dataset": data_lib.dataset_info(recipe.data, recipe.task, prep.data["test"]),
-        "metric_settings": result.settings,
-        "scores": result.scores,
-        "seed": recipe.train.seed,
-        "versions": runs.versions(),
-    }
+    fields = scored_fields(result, prep.task, recipe.data, prep.data["test"], recipe.train.seed,
+                           runs.versions())
     return fields, result
 
 
@@ -60,8 +52,6 @@ def eval_main(target: str, *, recipe_path: str | None, out: str | None, override
     if (target_path / "recipe.yaml").is_file() and recipe_path is None:
         recipe = trained = runs.load_run_recipe(target_path)
         if overrides:
-            from pipelines.recipe import build_recipe
-
             recipe = build_recipe(recipe.model_dump(mode="json"), overrides)
         if not (target_path / "model").is_dir():
             if runs.is_baseline(target_path):
@@ -86,7 +76,7 @@ def eval_main(target: str, *, recipe_path: str | None, out: str | None, override
             metrics.update(run=dest.name, scored_from=str(target_path), recipe_hash=recipe.hash())
             if not (recipe.model.base and recipe.eval.score_base):
                 metrics["base_scores"] = None  # the run's were on other rows
-            if Accelerator().is_main_process:
+            if is_main_process():
                 dest.mkdir(parents=True, exist_ok=True)
                 (dest / "recipe.yaml").write_text(recipe.to_yaml())
     else:
@@ -99,15 +89,12 @@ def eval_main(target: str, *, recipe_path: str | None, out: str | None, override
         metrics = {"schema": 1, "run": dest.name, "status": "finished", "task": recipe.task, "method": "base",
                    "base_model": target, "base_scores": None, "train": None, "params": None,
                    "recipe_hash": as_base(recipe, target).hash(), **fields}
-    if Accelerator().is_main_process:
+    if is_main_process():
         dest.mkdir(parents=True, exist_ok=True)
         if not (dest / "recipe.yaml").exists():
             (dest / "recipe.yaml").write_text(as_base(recipe, target).to_yaml())
-        if result.predictions:
-            write_jsonl(dest / "predictions.jsonl", result.predictions)
-        for name, write in result.artifacts.items():  # e.g. the confusion matrix, redrawn from the new predictions
-            write(dest / name)
-        runs.write_json(dest / "metrics.json", metrics)
+        # The artifacts (e.g. the confusion matrix) are redrawn from the new predictions.
+        write_result(dest, parse_record(metrics, dest / "metrics.json"), result)
         primary = fields["primary_metric"]
         print(f"{dest}: {primary} {fields['scores'][primary]:.4g} on {fields['dataset']['name']} "
               f"{fields['dataset']['split']} ({fields['dataset']['num_examples']} examples)")

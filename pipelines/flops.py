@@ -31,6 +31,8 @@ from dataclasses import dataclass
 
 import torch
 
+from pipelines.runtime import unwrap
+
 # Path components of heads applied once per example (sequence classification), not per token.
 _PER_EXAMPLE_HEADS = {"pooler", "classifier", "score"}
 # Cross-attention projections of encoder-decoder decoders that run on the encoder's output (source tokens).
@@ -58,12 +60,6 @@ class FlopSpec:
     encoder_decoder: bool
 
 
-def _unwrap(model):
-    while hasattr(model, "module") and not hasattr(model, "config"):
-        model = model.module  # DistributedDataParallel and friends
-    return model
-
-
 def flop_spec(model: torch.nn.Module) -> FlopSpec:
     """Count a model's matmul weights per token stream (trainable vs frozen) and read its attention shape.
 
@@ -75,7 +71,7 @@ def flop_spec(model: torch.nn.Module) -> FlopSpec:
     """
     from transformers.pytorch_utils import Conv1D
 
-    model = _unwrap(model)
+    model = unwrap(model)
     config = model.config
     encoder_decoder = bool(getattr(config, "is_encoder_decoder", False))
     linear = {"src": 0, "tgt": 0, "example": 0}

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 from transformers import GenerationConfig
 
 from pipelines import distributed
+from pipelines.batching import right_pad
 from pipelines.recipe import GenerationSettings
 
 
@@ -47,6 +48,8 @@ def pad_prompts(rows: list[list[int]], pad_id: int, side: str) -> tuple[torch.Te
     Returns:
         input_ids [B, T], attention_mask [B, T] (1 on real tokens).
     """
+    if side == "right":
+        return right_pad(rows, pad_id, 1)
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)

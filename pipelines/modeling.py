@@ -17,7 +17,7 @@ from peft import PeftModel, get_peft_model
 from transformers import AutoConfig, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.pytorch_utils import Conv1D
 
-from pipelines import runs
+from pipelines import checks, runs
 from pipelines.errors import TuneforgeError
 from pipelines.recipe import LoraConfig, Recipe
 
@@ -340,13 +340,9 @@ def apply_lora(
     Raises:
         TuneforgeError: a target module that the model does not have (the ones it has are listed).
     """
-    available = lora_target_names(model)
-    if cfg.target_modules != "auto":
-        missing = [m for m in cfg.target_modules if m not in available]
-        if missing:
-            raise TuneforgeError(
-                f"lora.target_modules: {missing} not in {type(model).__name__}; it has {available}"
-            )
+    problem = checks.lora_target_problem(cfg.target_modules, lora_target_names(model), type(model).__name__)
+    if problem:
+        raise TuneforgeError(problem)
     if cfg.modules_to_save != "auto":
         save = list(cfg.modules_to_save)
     else:

@@ -16,8 +16,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipelines.errors import TuneforgeError
+from pipelines.tasks.names import TASK_NAMES, TASK_SECTIONS
 
-TaskName = Literal["causal_lm", "seq2seq", "denoising", "classification", "chat"]
+TaskName = Literal[TASK_NAMES]  # the task registry's names (pipelines.tasks)
 
 
 class _Section(BaseModel):
@@ -211,8 +212,9 @@ class Recipe(_Section):
             problems.append("train.trainable: 'head' (linear probe) and a lora section exclude each other")
         if self.train.global_batch_size is not None and "gradient_accumulation_steps" in self.train.model_fields_set:
             problems.append("train: set global_batch_size or gradient_accumulation_steps, not both")
-        if self.chat is not None and self.task != "chat":
-            problems.append(f"chat: only used with task: chat (task is {self.task!r})")
+        for section, owner in TASK_SECTIONS.items():
+            if getattr(self, section) is not None and self.task != owner:
+                problems.append(f"{section}: only used with task: {owner} (task is {self.task!r})")
         if problems:
             raise ValueError("; ".join(problems))
         return self

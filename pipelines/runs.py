@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import platform
 import shutil
-import sys
+import warnings
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -18,6 +18,7 @@ import yaml
 
 from pipelines.errors import TuneforgeError
 from pipelines.recipe import Recipe, build_recipe
+from pipelines.record import RecordError, read_record
 
 CHECKPOINTS = "checkpoints"
 VERSIONED = ("tuneforge", "torch", "transformers", "tokenizers", "datasets", "peft", "accelerate", "evaluate")
@@ -109,13 +110,6 @@ def clear_run_dir(run_dir: Path) -> None:
         shutil.rmtree(run_dir)
 
 
-def write_json(path: Path, obj: dict) -> None:
-    """Write JSON atomically (temp file, fsync, rename) so readers and a crash never see half a file."""
-    from pipelines.checkpoints import write_text_atomic
-
-    write_text_atomic(Path(path), json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
-
-
 def append_log(run_dir: Path, row: dict) -> None:
     with open(Path(run_dir) / "log.jsonl", "a") as f:
         f.write(json.dumps(row) + "\n")
@@ -142,28 +136,6 @@ def load_run_recipe(run_dir: Path) -> Recipe:
     return build_recipe(raw, origin=str(path))
 
 
-def load_run_model(run_dir: str | Path):
-    """A finished run's model exactly as trained (LoRA adapters kept unmerged), its tokenizer, recipe and task.
-
-    Returns:
-        (recipe, task, model in eval mode, tokenizer)
-
-    Raises:
-        TuneforgeError: not a run folder, or the run has no saved model (training did not finish).
-    """
-    from pipelines import modeling
-    from pipelines.tasks import get_task
-
-    run_dir = Path(run_dir)
-    recipe = load_run_recipe(run_dir)
-    if not (run_dir / "model").is_dir():
-        raise TuneforgeError(f"{str(run_dir)!r} has no model/: training did not finish; train or resume it first")
-    task = get_task(recipe.task)
-    tokenizer = modeling.load_tokenizer(str(run_dir / "model"))
-    model = modeling.load_model(str(run_dir / "model"), task.auto_model, merge=False)
-    return recipe, task, model.eval(), tokenizer
-
-
 @dataclass
 class RunInfo:
     """A finished run as the demo and compare see it."""
@@ -184,36 +156,50 @@ class RunInfo:
 
 
 def list_runs(root: str | Path) -> list[RunInfo]:
-    """Every finished run folder directly under `root` (or `root` itself), sorted by name."""
+    """Every finished run folder directly under `root` (or `root` itself), sorted by name.
+
+    A folder whose metrics.json is not a valid run record is skipped with a warning naming the file and field.
+    """
     root = Path(root)
     candidates = [root] if (root / "metrics.json").is_file() else sorted(p for p in root.iterdir() if p.is_dir())
     out = []
     for path in candidates:
         try:
-            metrics = read_metrics(path)
-        except TuneforgeError as exc:  # one damaged run must not hide the others
-            print(f"tuneforge: skipping {path}: {exc}", file=sys.stderr)
+            record = read_record(path)
+        except RecordError as error:
+            warnings.warn(str(error), stacklevel=2)
             continue
-        if not metrics or metrics.get("status") != "finished" or not (path / "model").is_dir():
+        if record is None or record.status != "finished" or not (path / "model").is_dir():
             continue
-        primary = metrics.get("primary_metric", "")
+        primary = record.primary_metric or ""
         out.append(
             RunInfo(
                 path=path,
-                name=metrics.get("run", path.name),
-                task=metrics.get("task", "?"),
-                base_model=str(metrics.get("base_model", "?")),
-                method=metrics.get("method", "?"),
+                name=record.run or path.name,
+                task=record.task or "?",
+                base_model=str(record.base_model or "?"),
+                method=record.method or "?",
                 primary_metric=primary,
-                primary_score=(metrics.get("scores") or {}).get(primary),
-                metrics=metrics,
+                primary_score=(record.scores or {}).get(primary),
+                metrics=record.as_dict(),
             )
         )
     return out
 
 
-def model_card(recipe: Recipe, metrics: dict, launch: str) -> str:
-    """README.md for the run folder: what it is, how it was made, its scores, how to load it."""
+def model_card(recipe: Recipe, metrics: dict, launch: str, head_in_config: bool = False) -> str:
+    """README.md for the run folder: what it is, how it was made, its scores, how to load it.
+
+    Args:
+        recipe: the run's recipe.
+        metrics: its metrics.json.
+        launch: the command that made it.
+        head_in_config: the task's head is sized from model/config.json (`Task.head_in_config`), so a LoRA
+            run's base loads with that config.
+
+    Returns:
+        The card's Markdown.
+    """
     scores = metrics.get("scores") or {}
     base_scores = metrics.get("base_scores") or {}
     lines = [
@@ -235,7 +221,7 @@ def model_card(recipe: Recipe, metrics: dict, launch: str) -> str:
         if isinstance(value, (int, float)):
             base = base_scores.get(key)
             lines.append(f"| {key} | {value:.4g} | {'' if base is None else f'{base:.4g}'} |")
-    if recipe.lora and recipe.task == "classification":  # the head's size and labels live in model/config.json
+    if recipe.lora and head_in_config:  # the head's size and labels live in model/config.json
         load = ("# BASE: base_model_name_or_path in model/adapter_config.json\n"
                 "from peft import PeftModel\nfrom transformers import AutoConfig, AutoModelForSequenceClassification\n"
                 "base = AutoModelForSequenceClassification.from_pretrained(BASE, config=AutoConfig.from_pretrained("
@@ -244,6 +230,6 @@ def model_card(recipe: Recipe, metrics: dict, launch: str) -> str:
         load = "from peft import AutoPeftModel\nmodel = AutoPeftModel.from_pretrained('model')"
     else:
         load = "from transformers import AutoModel\nmodel = AutoModel.from_pretrained('model')"
-    load += "\n# or, with tuneforge: pipelines.runs.load_run_model(RUN_DIR)"
+    load += "\n# or, with tuneforge: pipelines.run_model.load_run_model(RUN_DIR)"
     lines += ["", "Load it:", "", "```python", load, "```", ""]
     return "\n".join(lines)

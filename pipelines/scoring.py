@@ -104,11 +104,3 @@ def perplexity(nll_sum: torch.Tensor, num_tokens: torch.Tensor) -> dict[str, flo
     total, count = float(nll_sum.sum()), int(num_tokens.sum())
     loss = total / max(count, 1)
     return {"perplexity": float(torch.tensor(loss).exp()), "loss": loss, "num_tokens": count}
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> None:
-    import json
-
-    with open(path, "w") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")

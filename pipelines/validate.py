@@ -9,26 +9,18 @@ global batch divisibility, gradient clipping and accumulation, gradient checkpoi
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import yaml
 
-from pipelines import data as data_lib
-from pipelines import modeling
+from pipelines import checks
 from pipelines.errors import TuneforgeError
+from pipelines.preflight import Report, check_recipe
 from pipelines.recipe import LaunchConfigNotRecipe, Recipe, is_launch_config, load_recipe
 
-GENERATION_TASKS = ("seq2seq", "chat")
-
-
-@dataclass
-class Report:
-    """What validation found for one recipe: errors fail it (exit 2), notes are informational."""
-
-    errors: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
+__all__ = ["Report", "check_launch", "check_recipe", "load_launch_config", "validate_many",
+           "world_size"]
 
 
 def load_launch_config(path: str | Path) -> dict:
@@ -175,14 +167,9 @@ def check_launch(recipe: Recipe, launch: dict) -> list[str]:
         )
     if precision == "fp16" and dist == "NO" and launch.get("use_cpu"):
         problems.append("mixed_precision: fp16 autocast is for GPUs; use bf16 or no on CPU")
-    if recipe.train.global_batch_size is not None:
-        world = world_size(launch)
-        per_step = recipe.train.micro_batch_size * world
-        if recipe.train.global_batch_size % per_step:
-            problems.append(
-                f"train.global_batch_size: {recipe.train.global_batch_size} is not divisible by micro_batch_size "
-                f"{recipe.train.micro_batch_size} x {world} processes; pick a multiple of {per_step}"
-            )
+    problem = checks.global_batch_problem(recipe.train, world_size(launch))
+    if problem:
+        problems.append(problem)
     if dist == "DEEPSPEED":
         world = world_size(launch)
         accumulation = recipe.train.gradient_accumulation_steps
@@ -205,98 +192,6 @@ def check_launch(recipe: Recipe, launch: dict) -> list[str]:
 def _true(value) -> bool:
     """A launch-config flag: YAML booleans, or the strings `accelerate config` sometimes writes."""
     return value is True or str(value).lower() == "true"
-
-
-def _meta_model(recipe: Recipe, task) -> torch.nn.Module | None:
-    """The model's module structure on the meta device (no weights loaded), or None for a Hub id offline.
-
-    A Hub id is read from the Hugging Face cache when it is there (`HF_HUB_OFFLINE=1` on an air-gapped cluster),
-    else from the Hub when it is reachable; only the config is read.
-    """
-    if recipe.model.scratch is not None:
-        from pipelines import scratch
-
-        class _Tok:  # the ids a scratch config needs; the vocabulary size stands in for the real tokenizer
-            bos_token_id, pad_token_id, eos_token_id = 0, 1, 2
-
-            def __len__(self):
-                return recipe.model.scratch.vocab_size
-
-        config = scratch.build_config(recipe.model.scratch, _Tok())
-    else:
-        path = modeling.resolve_base(recipe.model.base)
-        try:
-            config = modeling.base_config(recipe.model.base)
-        except OSError:
-            if Path(path).exists():
-                raise
-            return None  # a Hub id that is neither in the Hugging Face cache nor reachable
-    with torch.device("meta"):
-        return task.auto_model.from_config(config)
-
-
-def check_recipe(recipe: Recipe) -> Report:
-    """Files, data, model structure and generation settings of one recipe."""
-    from pipelines.tasks import get_task
-
-    report = Report()
-    task = get_task(recipe.task)
-    for role in task.roles:
-        if role not in recipe.data.columns:
-            report.errors.append(f"data.columns.{role}: task {recipe.task!r} needs it (the column holding {role})")
-    known_roles = [*task.roles, *task.optional_roles]
-    for role in recipe.data.columns:
-        if role not in known_roles:
-            close = difflib.get_close_matches(role, known_roles, n=1)
-            hint = f"did you mean 'data.columns.{close[0]}'?" if close else f"task {recipe.task!r} uses {known_roles}"
-            report.errors.append(f"data.columns.{role}: not a role of task {recipe.task!r}; {hint}")
-    try:
-        data_lib.check_source(recipe.data)
-        for i, mix in enumerate(recipe.data.mix):
-            data_lib.check_source(mix, f"data.mix[{i}].source")
-        source_ok = True
-    except TuneforgeError as exc:
-        report.errors.append(str(exc))
-        source_ok = False
-    if source_ok and data_lib.source_kind(recipe.data.source) == "hub":
-        report.notes.append(f"data.source {recipe.data.source!r} is a Hub dataset (needs network; not checked)")
-    if recipe.train.warmup_steps >= recipe.train.max_steps:
-        report.notes.append(
-            f"train.warmup_steps: {recipe.train.warmup_steps} >= train.max_steps {recipe.train.max_steps}, so the "
-            "learning rate never reaches train.learning_rate; lower warmup_steps for a full run"
-        )
-    model = None
-    try:
-        model = _meta_model(recipe, task)
-        if model is None:
-            report.notes.append(f"model.base {recipe.model.base!r} is a Hub id (needs network; not loaded)")
-    except TuneforgeError as exc:
-        hint = modeling.producing_recipe_hint(recipe.model.base or "")
-        if recipe.model.base and "Train it first" in hint and "does not exist" in str(exc):
-            report.notes.append(f"model.base {recipe.model.base!r} is not trained yet. {hint}")
-        else:
-            report.errors.append(str(exc))
-    if model is not None:
-        if recipe.lora is not None and recipe.lora.target_modules != "auto":
-            available = modeling.lora_target_names(model)
-            missing = [m for m in recipe.lora.target_modules if m not in available]
-            if missing:
-                report.errors.append(
-                    f"lora.target_modules: {missing} not in {type(model).__name__}; it has {available}"
-                )
-        config = model.config
-        positions = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
-        if positions and recipe.data.max_length > positions:
-            report.errors.append(
-                f"data.max_length: {recipe.data.max_length} exceeds the model's {positions} positions; "
-                f"set data.max_length<={positions}"
-            )
-        if positions and recipe.task in GENERATION_TASKS and recipe.eval.generation.max_new_tokens > positions:
-            report.errors.append(
-                f"eval.generation.max_new_tokens: {recipe.eval.generation.max_new_tokens} exceeds the model's "
-                f"{positions} positions"
-            )
-    return report
 
 
 def validate_many(paths: list[str], overrides: list[str], launch_config: str | None = None) -> int:

@@ -24,7 +24,7 @@ from transformers import (
 from bench.families import FAMILIES
 from bench.measure import TokenCounter, padding_fraction, segment_lengths
 from bench.report import summarize, targets
-from pipelines import flops, loop
+from pipelines import batching, flops, tokenized
 
 
 def tiny_gpt2() -> GPT2LMHeadModel:
@@ -178,8 +178,8 @@ def test_summary_ratios_and_targets():
 
 def test_length_grouping_keeps_global_batches_and_cuts_padding():
     lengths = np.random.default_rng(0).integers(4, 64, size=4000)
-    one = loop.StepBatches(lengths, 8, 1, 1, 0, seed=3, group_by_length=True)
-    split = [loop.StepBatches(lengths, 4, 1, 2, r, seed=3, group_by_length=True) for r in (0, 1)]
+    one = batching.StepBatches(lengths, 8, 1, 1, 0, seed=3, group_by_length=True)
+    split = [batching.StepBatches(lengths, 4, 1, 2, r, seed=3, group_by_length=True) for r in (0, 1)]
     for step in (0, 7, 499):
         assert sorted(sum(one.for_step(step), [])) == sorted(sum((s.for_step(step)[0] for s in split), []))
     padded = sum(lengths[b].max() * len(b) for b in one.epoch_batches(0))
@@ -199,15 +199,15 @@ def test_equal_lengths_are_ordered_by_the_tiebreak():
         return 1 - sum(total[b].sum() for b in batches) / sum(
             len(b) * (source[b].max() + target[b].max()) for b in batches)
 
-    plain = loop.StepBatches(longer, 16, 1, 1, 0, seed=0, group_by_length=True)
-    tied = loop.StepBatches(longer, 16, 1, 1, 0, seed=0, group_by_length=True, tiebreak=total)
+    plain = batching.StepBatches(longer, 16, 1, 1, 0, seed=0, group_by_length=True)
+    tied = batching.StepBatches(longer, 16, 1, 1, 0, seed=0, group_by_length=True, tiebreak=total)
     assert sorted(sum(plain.epoch_batches(0), [])) == sorted(sum(tied.epoch_batches(0), []))  # same examples
     assert padding(tied.epoch_batches(0)) < padding(plain.epoch_batches(0))
 
 
 def test_pad_multiple_only_on_gpus():
-    assert loop.pad_multiple(torch.device("cpu")) == 1
-    assert loop.pad_multiple(torch.device("cuda", 0)) == 8
+    assert batching.pad_multiple(torch.device("cpu")) == 1
+    assert batching.pad_multiple(torch.device("cuda", 0)) == 8
 
 
 def test_tokenized_splits_are_cached_across_runs(tmp_path, monkeypatch):
@@ -232,13 +232,13 @@ def test_tokenized_splits_are_cached_across_runs(tmp_path, monkeypatch):
         return task.tokenize(*args)
 
     counted = dataclasses.replace(task, tokenize=counting_tokenize)
-    first = loop.tokenize_cached(counted, rows, tokenizer, recipe, "train")
-    again = loop.tokenize_cached(counted, rows, tokenizer, recipe, "train")
+    first = tokenized.tokenize_cached(counted, rows, tokenizer, recipe, "train")
+    again = tokenized.tokenize_cached(counted, rows, tokenizer, recipe, "train")
     assert len(calls) == 1 and again["input_ids"] == first["input_ids"] == task.tokenize(
         rows, tokenizer, recipe, "train")["input_ids"]
     longer = recipe.model_copy(update={"data": recipe.data.model_copy(update={"max_length": 16})})
-    loop.tokenize_cached(counted, rows, tokenizer, longer, "train")  # another setting: another entry
-    loop.tokenize_cached(counted, rows.select(range(39)), tokenizer, recipe, "train")  # other rows: another entry
+    tokenized.tokenize_cached(counted, rows, tokenizer, longer, "train")  # another setting: another entry
+    tokenized.tokenize_cached(counted, rows.select(range(39)), tokenizer, recipe, "train")  # other rows: another entry
     assert len(calls) == 3
     assert len(list((tmp_path / "cache" / "tokenized").iterdir())) == 3
 

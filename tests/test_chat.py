@@ -11,7 +11,8 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from pipelines import runs, scratch, sources
+from demo import inference
+from pipelines import run_model, scratch, sources
 from pipelines.errors import TuneforgeError
 from pipelines.recipe import ScratchConfig, build_recipe
 from pipelines.tasks import chat
@@ -285,7 +286,7 @@ def test_tiny_chat_run_learns_to_answer_and_stops_at_end_of_turn(tmp_path):
     # the saved run: tokenizer with the template and the chat tokens, stop ids in the generation config,
     # an adapter that holds the two new embedding rows but no copy of the embedding matrices
     saved = json.loads((run_dir / "model" / "generation_config.json").read_text())
-    _, _, model, tokenizer = runs.load_run_model(run_dir)
+    _, _, model, tokenizer = run_model.load_run_model(run_dir)
     im_end = tokenizer.convert_tokens_to_ids(IM_END)
     assert saved["eos_token_id"] == [im_end, tokenizer.eos_token_id]
     assert tokenizer.apply_chat_template(CONVERSATION[1:2], tokenize=False) == (
@@ -305,6 +306,6 @@ def test_tiny_chat_run_learns_to_answer_and_stops_at_end_of_turn(tmp_path):
     assert out[-1] == im_end and len(out) < 12
     assert tokenizer.decode(out, skip_special_tokens=True) == "It lists files."
     settings = recipe.eval.generation
-    streamed = list(chat.chat_stream(model, tokenizer, [{"role": "user", "content": "What does cmd7 do?"}],
+    streamed = list(inference.chat_stream(model, tokenizer, [{"role": "user", "content": "What does cmd7 do?"}],
                                      settings, system_prompt="Be brief."))
     assert streamed[-1] == "It lists files."

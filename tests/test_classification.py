@@ -16,7 +16,7 @@ import torch
 from safetensors import safe_open
 from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
 
-from pipelines import loop, modeling, runs
+from pipelines import loop, modeling, run_model, runs
 from pipelines.cli import main as cli
 from pipelines.errors import TuneforgeError
 from pipelines.evaluation import eval_main
@@ -227,7 +227,7 @@ def test_lora_run_saves_head_label_maps_and_reloads_exactly(lora_run):
     assert metrics["dataset"]["num_examples"] == len(predictions)
     assert {p["reference"] for p in predictions} <= set(VERBS)
 
-    recipe, task, model, tokenizer = runs.load_run_model(lora_run)
+    recipe, task, model, tokenizer = run_model.load_run_model(lora_run)
     assert tokenizer.model_max_length == recipe.data.max_length
     probs = classification.predict_proba(model, tokenizer, [p["text"] for p in predictions],
                                          text_pairs=[p["text_pair"] for p in predictions])
@@ -300,7 +300,7 @@ def test_predictions_do_not_depend_on_batch_size_or_padding(lora_run):
     from pipelines.evaluation import as_base
     from pipelines.scoring import ScoreContext
 
-    recipe, _, model, tokenizer = runs.load_run_model(lora_run)
+    recipe, _, model, tokenizer = run_model.load_run_model(lora_run)
     rows = read_predictions(lora_run)
     texts, pairs = [r["text"] for r in rows], [r["text_pair"] for r in rows]
     one = classification.predict_proba(model, tokenizer, texts, pairs, batch_size=1)
@@ -340,10 +340,10 @@ def test_full_and_head_runs_reload_exactly(method, tiny_bert, data_file, tmp_pat
         from transformers import AutoModel
 
         base = AutoModel.from_pretrained(tiny_bert).state_dict()
-        _, _, model, _ = runs.load_run_model(tmp_path / f"cls-{method}")
+        _, _, model, _ = run_model.load_run_model(tmp_path / f"cls-{method}")
         for name, value in model.bert.state_dict().items():
             torch.testing.assert_close(value, base[name], atol=0, rtol=0)
-    _, _, model, tokenizer = runs.load_run_model(tmp_path / f"cls-{method}")
+    _, _, model, tokenizer = run_model.load_run_model(tmp_path / f"cls-{method}")
     rows = read_predictions(tmp_path / f"cls-{method}")
     probs = classification.predict_proba(model, tokenizer, [r["text"] for r in rows], [r["text_pair"] for r in rows])
     names = classification.label_names(model)

@@ -24,7 +24,7 @@ from demo.app import build_app, run_choices, serve
 from demo.inference import fit_decoder_prompt
 from demo.models import LoadedModel, ModelCache, Registry, model_bytes
 from pipelines.errors import TuneforgeError
-from pipelines.runs import load_run_model
+from pipelines.run_model import load_run_model
 
 MAX_CHARS = 500
 PROMPT = "cmd7 - lists files"

@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 from pipelines import loop, modeling
 from pipelines.errors import TuneforgeError
 from pipelines.recipe import build_recipe
-from pipelines.runs import load_run_model, read_log
+from pipelines.run_model import load_run_model
+from pipelines.runs import read_log
 
 
 def test_pretrain_run_folder_contract(pretrained):

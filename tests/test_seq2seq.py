@@ -299,7 +299,7 @@ def test_scores_do_not_depend_on_eval_batch_size(runs):
     from accelerate import Accelerator
 
     from pipelines import data as data_lib
-    from pipelines import runs as runs_lib
+    from pipelines import run_model as runs_lib
     from pipelines.scoring import ScoreContext
 
     run = runs / "bart-lora"

@@ -411,7 +411,7 @@ def test_data_splits_remap_built_in_and_local_sources(tmp_path):
         assert dd["test"]["text" if source == str(local) else "package"] == plain["validation"][
             "text" if source == str(local) else "package"]
         assert dd["train"].num_rows == plain["train"].num_rows
-        assert data_lib.dataset_info(remapped, "classification", dd["test"])["split"] == "validation"
+        assert data_lib.dataset_info(remapped, dd["test"])["split"] == "validation"
     with pytest.raises(TuneforgeError, match="data.splits.test: .* has no split 'dev'"):
         data_lib.load_data(build_recipe(raw, ["data.splits.test=dev"]).data)
 
@@ -559,8 +559,8 @@ def test_recipe_near_duplicates_field():
     assert build_recipe(raw).data.near_duplicates == "drop"
     kept = build_recipe(raw, ["data.near_duplicates=keep"]).data
     assert kept.near_duplicates == "keep"
-    assert data_lib.dataset_name(kept, "causal_lm") == "manpages(near_duplicates=keep)[text=description]"
-    assert data_lib.dataset_name(build_recipe(raw).data, "causal_lm") == "manpages[text=description]"
+    assert data_lib.dataset_name(kept) == "manpages(near_duplicates=keep)[text=description]"
+    assert data_lib.dataset_name(build_recipe(raw).data) == "manpages[text=description]"
     with pytest.raises(TuneforgeError, match="near_duplicates"):
         build_recipe(raw, ["data.near_duplicates=maybe"])
     with pytest.raises(TuneforgeError, match="did you mean 'data.near_duplicates'"):

@@ -17,12 +17,10 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
+from pipelines.batching import IGNORE, PAD_MULTIPLE, right_pad
 from pipelines.recipe import Recipe
 from pipelines.scoring import ScoreContext, Scored, example_losses, perplexity
 from pipelines.tasks import Task
-
-IGNORE = -100
-PAD_MULTIPLE = 8  # tensor-core friendly shapes on GPUs; costs < 8 tokens per row
 
 
 def _texts(rows: dict, role: str, recipe: Recipe) -> list[str]:
@@ -102,17 +100,8 @@ def collate(features: list[dict], tokenizer, recipe: Recipe, pad_to_multiple_of:
     Returns:
         input_ids, attention_mask, labels: [B, T] int64.
     """
-    width = max(len(f["input_ids"]) for f in features)
-    width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
-    pad = tokenizer.pad_token_id
-    ids = torch.full((len(features), width), pad, dtype=torch.long)
-    labels = torch.full((len(features), width), IGNORE, dtype=torch.long)
-    mask = torch.zeros((len(features), width), dtype=torch.long)
-    for i, f in enumerate(features):
-        n = len(f["input_ids"])
-        ids[i, :n] = torch.tensor(f["input_ids"])
-        labels[i, :n] = torch.tensor(f["labels"])
-        mask[i, :n] = 1
+    ids, mask = right_pad([f["input_ids"] for f in features], tokenizer.pad_token_id, pad_to_multiple_of)
+    labels, _ = right_pad([f["labels"] for f in features], IGNORE, pad_to_multiple_of)
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
@@ -160,4 +149,6 @@ TASK = Task(
     loss=loss,
     num_targets=num_targets,
     score=score,
+    scores_packed_windows=True,
+    trains_on_windows=True,
 )

@@ -112,6 +112,17 @@ def _documents(rows: datasets.Dataset, recipe: Recipe) -> list[str]:
     return [t for c in ([cols] if isinstance(cols, str) else cols) for t in rows[c] if t and t.strip()]
 
 
+def noise_seed(split: str, seed: int, index: int) -> list[int]:
+    """The seed of example `index`'s corruption: [split salt, seed, index] (`numpy.random.default_rng` entropy).
+
+    Args:
+        split: "train", "validation" or "test" (each has its own salt, so splits never share noise).
+        seed: the recipe's seed for training, `EVAL_SEED` for the validation and test splits.
+        index: the example's position in its tokenized split.
+    """
+    return [_SPLIT_SALT[split], seed, index]
+
+
 def tokenize(rows: datasets.Dataset, tokenizer, recipe: Recipe, split: str) -> datasets.Dataset:
     """Documents -> `<s> piece </s>` examples: `input_ids` and `labels` (both the original), `length`, `noise_seed`.
 
@@ -126,7 +137,7 @@ def tokenize(rows: datasets.Dataset, tokenizer, recipe: Recipe, split: str) -> d
         "input_ids": full,
         "labels": full,
         "length": [len(x) for x in full],
-        "noise_seed": [[_SPLIT_SALT[split], seed, i] for i in range(len(full))],
+        "noise_seed": [noise_seed(split, seed, i) for i in range(len(full))],
     })
 
 
@@ -188,4 +199,6 @@ TASK = Task(
     num_targets=seq2seq.num_targets,
     score=score,
     prepare=prepare,
+    demo_feed="source",
+    trains_on_windows=True,
 )

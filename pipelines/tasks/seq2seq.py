@@ -16,33 +16,29 @@ The first metric listed is the run's primary metric.
 from __future__ import annotations
 
 import logging
-import os
 
 import datasets
 import torch
 import torch.nn.functional as F
 from transformers import AutoModelForSeq2SeqLM
 
+from pipelines import checks
+from pipelines.batching import IGNORE, PAD_MULTIPLE, right_pad
 from pipelines.errors import TuneforgeError
 from pipelines.generation import decode, generate_ids
 from pipelines.recipe import Recipe
+from pipelines.runtime import is_main_process
 from pipelines.scoring import ScoreContext, Scored, example_losses
 from pipelines.tasks import Task
 
 logger = logging.getLogger(__name__)
 
-IGNORE = -100
-PAD_MULTIPLE = 8  # tensor-core friendly shapes on GPUs; costs < 8 tokens per row
 # Scored when the recipe leaves eval.metrics empty: all three (each costs well under a second on a test split).
 DEFAULT_METRICS = ("rouge", "bleu", "chrf")
 # The score that stands for a metric when it is listed first (the run's primary metric).
 HEADLINE = {"rouge": "rougeL", "bleu": "bleu", "chrf": "chrf"}
 # ROUGE with Porter stemming, as in the CNN/DailyMail and XSum literature and HF's summarization examples.
 METRIC_KWARGS = {"rouge": {"use_stemmer": True}}
-
-
-def _main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def column(recipe: Recipe, role: str) -> str:
@@ -81,10 +77,8 @@ def check_lengths(recipe: Recipe, positions: int | None) -> None:
     """
     if positions is None:
         return
-    problems = []
-    if recipe.data.max_length > positions:
-        problems.append(f"data.max_length: {recipe.data.max_length} exceeds the model's {positions} positions; "
-                        f"set data.max_length<={positions} (longer sources are truncated and counted)")
+    problems = [p for p in [checks.max_length_problem(recipe.data.max_length, positions,
+                                                      " (longer sources are truncated and counted)")] if p]
     if recipe.task == "seq2seq" and recipe.data.target_max_length > positions:
         problems.append(f"data.target_max_length: {recipe.data.target_max_length} exceeds the model's {positions} "
                         f"positions; set data.target_max_length<={positions}")
@@ -113,7 +107,7 @@ def prepare(recipe: Recipe, data: datasets.DatasetDict, tokenizer) -> tuple[data
         keep = [i for i, (s, t) in enumerate(zip(rows[src], rows[tgt], strict=True))
                 if s is not None and t is not None and s.strip() and t.strip()]
         dropped = len(rows) - len(keep)
-        if dropped and _main_process():
+        if dropped and is_main_process():
             logger.warning("%s: dropped %d of %d rows with an empty %r or %r", split, dropped, len(rows), src, tgt)
         if not keep:
             raise TuneforgeError(f"data.columns: every {split} row has an empty {src!r} or {tgt!r}; check the columns")
@@ -159,7 +153,7 @@ def tokenize(rows: datasets.Dataset, tokenizer, recipe: Recipe, split: str) -> d
     input_ids, labels, cut_src, cut_tgt = tokenize_pairs(
         tokenizer, list(rows[src]), list(rows[tgt]), data.max_length, data.target_max_length
     )
-    if (cut_src or cut_tgt) and _main_process():
+    if (cut_src or cut_tgt) and is_main_process():
         logger.warning(
             "%s: truncated %d of %d sources to data.max_length=%d and %d targets to data.target_max_length=%d",
             split, cut_src, len(rows), data.max_length, cut_tgt, data.target_max_length,
@@ -178,16 +172,8 @@ def pad_batch(sources: list[list[int]], targets: list[list[int]], pad_id: int, p
     Returns:
         input_ids, attention_mask: [B, S] int64; labels: [B, T] int64 (-100 on padding).
     """
-    def width(rows: list[list[int]]) -> int:
-        return -(-max(len(r) for r in rows) // pad_to_multiple_of) * pad_to_multiple_of
-
-    ids = torch.full((len(sources), width(sources)), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    labels = torch.full((len(targets), width(targets)), IGNORE, dtype=torch.long)
-    for i, (s, t) in enumerate(zip(sources, targets, strict=True)):
-        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
-        mask[i, : len(s)] = 1
-        labels[i, : len(t)] = torch.tensor(t, dtype=torch.long)
+    ids, mask = right_pad(sources, pad_id, pad_to_multiple_of)
+    labels, _ = right_pad(targets, IGNORE, pad_to_multiple_of)
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
@@ -290,4 +276,6 @@ TASK = Task(
     num_targets=num_targets,
     score=score,
     prepare=prepare,
+    generates=True,
+    demo_feed="source",
 )

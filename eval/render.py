@@ -1,0 +1,266 @@
+"""Rendering comparison tables: Markdown, CSV and a self-contained HTML page, plus one bar chart per table."""
+
+import base64
+import csv
+import html
+import io
+import math
+import re
+from pathlib import Path
+
+from eval.tables import _MISSING, Problem, Row, Table
+
+# ---------------------------------------------------------------------------------------------------------------
+# rendering
+
+
+def _fmt(value, signed: bool = False) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return _MISSING
+    if isinstance(value, float) and math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    if isinstance(value, int) and not signed:
+        return f"{value:,}"
+    if abs(value) >= 1000:
+        return f"{value:+,.0f}" if signed else f"{value:,.0f}"
+    return f"{value:+.4g}" if signed else f"{value:.4g}"
+
+
+def _human(count) -> str:
+    if count is None:
+        return _MISSING
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if count >= scale:
+            return f"{count / scale:.3g}{suffix}"
+    return str(count)
+
+
+def _throughput(row: Row, table: Table) -> str:
+    value = getattr(row, table.throughput_key)
+    if value is not None:
+        return _fmt(float(value))
+    # A baseline in a token-level task reports examples/s only; show it with its unit rather than nothing.
+    if row.examples_per_s is not None:
+        return f"{_fmt(float(row.examples_per_s))} ex/s"
+    return _MISSING
+
+
+def _percent(fraction: float) -> str:
+    """A share as a percentage, two significant digits below 10%: 1 -> '100%', 0.088 -> '8.8%', 0.00034 -> '0.034%'."""
+    percent = 100 * fraction
+    if percent >= 10:
+        return f"{percent:.0f}%"
+    return f"{percent:.2g}%" if percent >= 0.001 else f"{percent:.1e}%"
+
+
+def _display_rows(table: Table) -> tuple[list[str], list[list[str]]]:
+    """Header and formatted cells shared by the markdown and HTML renderers."""
+    unit = "examples/s" if table.throughput_key == "examples_per_s" else "tokens/s"
+    header = ["run", "method", *table.metrics, f"Δ {table.primary_metric} vs base", "trainable params"]
+    header += ["total params", "train s", unit, "peak MB"]
+    cells = []
+    for row in table.rows:
+        trainable = _human(row.trainable_params)
+        if row.trainable_params is not None and row.total_params:
+            trainable += f" ({_percent(row.trainable_params / row.total_params)})"
+        cells.append(
+            [row.label, row.method]
+            + [_fmt(row.scores.get(name)) for name in table.metrics]
+            + [_fmt(row.delta, signed=True), trainable, _human(row.total_params)]
+            + [_fmt(row.train_seconds), _throughput(row, table), _fmt(row.peak_memory_mb)]
+        )
+    return header, cells
+
+
+def _caption(table: Table) -> str:
+    direction = "higher" if table.greater_is_better else "lower"
+    examples = f"{table.num_examples:,} examples · " if table.num_examples is not None else ""
+    return (
+        f"{examples}fingerprint {table.fingerprint} · primary metric: {table.primary_metric} ({direction} is better)"
+    )
+
+
+def render_markdown(tables: list[Table], problems: list[Problem], charts: dict[str, str] | None = None) -> str:
+    """Renders tables and problems as GitHub-flavoured markdown.
+
+    Args:
+        tables: from ``build_tables``.
+        problems: from ``collect_runs``; listed under "Not compared" with their reasons.
+        charts: optional table id -> image path (relative to where the markdown will live) to link under tables.
+
+    Returns:
+        The markdown text. The best row's label and primary value are in bold (``**``).
+    """
+    lines = ["# tuneforge comparison", ""]
+    if not tables:
+        lines += ["No finished runs to compare.", ""]
+    for table in tables:
+        header, cells = _display_rows(table)
+        lines += [f"## {table.title}", "", _caption(table) + " · **bold** = best", ""]
+        lines.append("| " + " | ".join(header) + " |")
+        lines.append("|" + "|".join("---" if i < 2 else "---:" for i in range(len(header))) + "|")
+        for row, row_cells in zip(table.rows, cells, strict=True):
+            row_cells = [c.replace("|", "\\|") for c in row_cells]
+            if row.best:
+                row_cells[0], row_cells[2] = f"**{row_cells[0]}**", f"**{row_cells[2]}**"
+            lines.append("| " + " | ".join(row_cells) + " |")
+        lines.append("")
+        lines += [f"> note: {note}" for note in table.notes]
+        if charts and table.id in charts:
+            lines += [f"![{table.primary_metric}]({charts[table.id]})", ""]
+    if problems:
+        lines += ["## Not compared", ""]
+        lines += [f"- `{problem.path}`: {problem.reason}" for problem in problems]
+        lines.append("")
+    return "\n".join(lines)
+
+
+CSV_COLUMNS = (
+    "table",
+    "task",
+    "dataset",
+    "split",
+    "fingerprint",
+    "primary_metric",
+    "greater_is_better",
+    "run",
+    "kind",
+    "method",
+    "best",
+)
+CSV_TRAILING = (
+    "delta",
+    "trainable_params",
+    "total_params",
+    "train_seconds",
+    "tokens_per_s",
+    "examples_per_s",
+    "peak_memory_mb",
+)
+
+
+def render_csv(tables: list[Table]) -> str:
+    """Renders every table into one CSV.
+
+    Values are raw (no thousands separators or rounding; ``repr``-exact floats) so the file round-trips. Columns:
+    ``CSV_COLUMNS`` (``table`` is ``Table.id``, ``best`` and ``greater_is_better`` are "true"/"false"), then the
+    union of score columns over all tables (empty where a table lacks the metric), then ``CSV_TRAILING``
+    (``delta`` is the primary metric minus the base model's).
+
+    Args:
+        tables: from ``build_tables``.
+
+    Returns:
+        CSV text with a header line.
+    """
+    metric_columns = []
+    for table in tables:
+        metric_columns += [name for name in table.metrics if name not in metric_columns]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow([*CSV_COLUMNS, *metric_columns, *CSV_TRAILING])
+    for table in tables:
+        for row in table.rows:
+            fixed = [table.id, table.task, table.dataset, table.split, table.fingerprint, table.primary_metric]
+            fixed += [_bool(table.greater_is_better), row.label, row.kind, row.method, _bool(row.best)]
+            scores = [_raw(row.scores.get(name)) for name in metric_columns]
+            trailing = [_raw(getattr(row, name)) for name in CSV_TRAILING]
+            writer.writerow(fixed + scores + trailing)
+    return buffer.getvalue()
+
+
+def _bool(value: bool) -> str:
+    return "true" if value else "false"
+
+
+def _raw(value) -> str:
+    return "" if value is None else repr(value) if isinstance(value, float) else str(value)
+
+
+_CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
+table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; }
+th:nth-child(-n+2), td:nth-child(-n+2) { text-align: left; }
+th { background: #f3f3f3; }
+tr.best td { background: #fff1d6; font-weight: bold; }
+tr.base td { color: #555; font-style: italic; }
+tr.baseline td { color: #555; }
+p.caption { color: #555; font-size: 0.9em; }
+img.chart { max-width: 700px; display: block; }
+.problems li { color: #a33; }
+"""
+
+
+def render_html(tables: list[Table], problems: list[Problem], charts: dict[str, Path] | None = None) -> str:
+    """Renders a self-contained HTML report (inline CSS, charts embedded as base64 PNG).
+
+    Args:
+        tables: from ``build_tables``.
+        problems: from ``collect_runs``.
+        charts: table id -> PNG path (from ``bar_chart_png``); embedded under each table.
+
+    Returns:
+        The HTML document. Rows carry classes ``best``, ``base`` and ``baseline``.
+    """
+    charts = charts or {}
+    parts = [
+        "<!doctype html>",
+        '<html lang="en"><head><meta charset="utf-8"><title>tuneforge comparison</title>',
+        f"<style>{_CSS}</style></head><body>",
+        "<h1>tuneforge comparison</h1>",
+    ]
+    if not tables:
+        parts.append("<p>No finished runs to compare.</p>")
+    for table in tables:
+        header, cells = _display_rows(table)
+        parts.append(f'<h2 id="{html.escape(table.id)}">{html.escape(table.title)}</h2>')
+        parts.append(f'<p class="caption">{html.escape(_caption(table))}</p>')
+        parts.append("<table><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr></thead>")
+        parts.append("<tbody>")
+        for row, row_cells in zip(table.rows, cells, strict=True):
+            classes = " ".join(c for c in (row.kind if row.kind != "run" else "", "best" if row.best else "") if c)
+            attr = f' class="{classes}"' if classes else ""
+            parts.append(f"<tr{attr}>" + "".join(f"<td>{html.escape(c)}</td>" for c in row_cells) + "</tr>")
+        parts.append("</tbody></table>")
+        parts += [f"<p class='caption'>note: {html.escape(note)}</p>" for note in table.notes]
+        if table.id in charts:
+            data = base64.b64encode(Path(charts[table.id]).read_bytes()).decode("ascii")
+            alt = html.escape(f"{table.primary_metric} per run")
+            parts.append(f'<img class="chart" alt="{alt}" src="data:image/png;base64,{data}">')
+    if problems:
+        parts.append('<h2>Not compared</h2><ul class="problems">')
+        parts += [f"<li><code>{html.escape(str(p.path))}</code>: {html.escape(p.reason)}</li>" for p in problems]
+        parts.append("</ul>")
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def bar_chart_png(table: Table, path: str | Path) -> Path:
+    """Draws the table's primary metric per row as horizontal bars, the best row highlighted.
+
+    Args:
+        table: from ``build_tables``.
+        path: the PNG file to write.
+
+    Returns:
+        The path written.
+    """
+    from eval.plots import bar_chart  # matplotlib is slow to import; only chart-making callers pay for it
+
+    values = [row.scores.get(table.primary_metric, math.nan) for row in table.rows]
+    direction = "higher" if table.greater_is_better else "lower"
+    return bar_chart(
+        labels=[row.label for row in table.rows],
+        values=values,
+        highlight=[row.best for row in table.rows],
+        title=f"{table.title} ({table.fingerprint[:19]})",
+        xlabel=f"{table.primary_metric} ({direction} is better)",
+        path=path,
+    )
+
+
+def chart_name(table: Table) -> str:
+    """A file name for a table's chart, unique per grouping key."""
+    fingerprint = table.fingerprint.split(":")[-1][:12]
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", f"{table.task}-{table.dataset}-{table.split}-{fingerprint}") + ".png"

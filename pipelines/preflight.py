@@ -1,0 +1,117 @@
+"""The checks of one recipe that need its files: data source, model structure (on the meta device), lengths.
+
+`tuneforge validate` prints them as a report; `train` runs them before anything is written (`preflight`). The
+rules themselves live in `pipelines.checks`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from pipelines import checks, modeling
+from pipelines import data as data_lib
+from pipelines.errors import TuneforgeError
+from pipelines.recipe import Recipe
+from pipelines.tasks import get_task
+
+
+@dataclass
+class Report:
+    """What validation found for one recipe: errors fail it (exit 2), notes are informational."""
+
+    errors: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def _meta_model(recipe: Recipe, task) -> torch.nn.Module | None:
+    """The model's module structure on the meta device (no weights loaded), or None for a Hub id offline.
+
+    A Hub id is read from the Hugging Face cache when it is there (`HF_HUB_OFFLINE=1` on an air-gapped cluster),
+    else from the Hub when it is reachable; only the config is read.
+    """
+    if recipe.model.scratch is not None:
+        from pipelines import scratch
+
+        class _Tok:  # the ids a scratch config needs; the vocabulary size stands in for the real tokenizer
+            bos_token_id, pad_token_id, eos_token_id = 0, 1, 2
+
+            def __len__(self):
+                return recipe.model.scratch.vocab_size
+
+        config = scratch.build_config(recipe.model.scratch, _Tok())
+    else:
+        path = modeling.resolve_base(recipe.model.base)
+        try:
+            config = modeling.base_config(recipe.model.base)
+        except OSError:
+            if Path(path).exists():
+                raise
+            return None  # a Hub id that is neither in the Hugging Face cache nor reachable
+    with torch.device("meta"):
+        return task.auto_model.from_config(config)
+
+
+def check_recipe(recipe: Recipe) -> Report:
+    """Files, data, model structure and generation settings of one recipe."""
+    report = Report()
+    task = get_task(recipe.task)
+    report.errors += checks.role_problems(recipe.task, task.roles, task.optional_roles, recipe.data.columns)
+    try:
+        data_lib.check_source(recipe.data)
+        for i, mix in enumerate(recipe.data.mix):
+            data_lib.check_source(mix, f"data.mix[{i}].source")
+        source_ok = True
+    except TuneforgeError as exc:
+        report.errors.append(str(exc))
+        source_ok = False
+    if source_ok and data_lib.source_kind(recipe.data.source) == "hub":
+        report.notes.append(f"data.source {recipe.data.source!r} is a Hub dataset (needs network; not checked)")
+    if recipe.train.warmup_steps >= recipe.train.max_steps:
+        report.notes.append(
+            f"train.warmup_steps: {recipe.train.warmup_steps} >= train.max_steps {recipe.train.max_steps}, so the "
+            "learning rate never reaches train.learning_rate; lower warmup_steps for a full run"
+        )
+    model = None
+    try:
+        model = _meta_model(recipe, task)
+        if model is None:
+            report.notes.append(f"model.base {recipe.model.base!r} is a Hub id (needs network; not loaded)")
+    except TuneforgeError as exc:
+        hint = modeling.producing_recipe_hint(recipe.model.base or "")
+        if recipe.model.base and "Train it first" in hint and "does not exist" in str(exc):
+            report.notes.append(f"model.base {recipe.model.base!r} is not trained yet. {hint}")
+        else:
+            report.errors.append(str(exc))
+    if model is not None:
+        if recipe.lora is not None:
+            problem = checks.lora_target_problem(recipe.lora.target_modules, modeling.lora_target_names(model),
+                                                 type(model).__name__)
+            if problem:
+                report.errors.append(problem)
+        config = model.config
+        positions = checks.context_length(config)
+        problem = checks.max_length_problem(recipe.data.max_length, positions)
+        if problem:
+            report.errors.append(problem)
+        if positions and task.generates and recipe.eval.generation.max_new_tokens > positions:
+            report.errors.append(
+                f"eval.generation.max_new_tokens: {recipe.eval.generation.max_new_tokens} exceeds the model's "
+                f"{positions} positions"
+            )
+    return report
+
+
+def preflight(recipe: Recipe) -> None:
+    """`tuneforge validate`'s checks, run before anything is written.
+
+    Raises:
+        TuneforgeError: every problem found, one per line (a base that is not trained yet is one here).
+    """
+    if recipe.model.base:
+        modeling.resolve_base(recipe.model.base)
+    report = check_recipe(recipe)
+    if report.errors:
+        raise TuneforgeError("\n".join(report.errors))

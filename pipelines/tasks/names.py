@@ -1,0 +1,6 @@
+"""The task registry's names and the recipe sections that belong to one task: plain data, importable by the recipe
+schema without importing any task module (which import the schema)."""
+
+TASK_NAMES = ("causal_lm", "seq2seq", "denoising", "classification", "chat")
+# Recipe sections that belong to one task (section -> task); the schema rejects them with any other task.
+TASK_SECTIONS = {"chat": "chat"}
