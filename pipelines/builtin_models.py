@@ -89,7 +89,9 @@ def gguf_path(spec: GgufCheckpoint) -> Path:
         )
     path = Path(next(iter(found.submodule_search_locations))) / spec.filename
     if not path.is_file():
-        raise TuneforgeError(f"model.base: {spec.alias}: {path} is missing from {spec.package}; reinstall: {spec.install}")
+        raise TuneforgeError(
+            f"model.base: {spec.alias}: {path} is missing from {spec.package}; reinstall: {spec.install}"
+        )
     size = path.stat().st_size
     if size != spec.size:
         raise TuneforgeError(

@@ -269,8 +269,8 @@ def check_mask(tokenizer, messages: list[dict], loss_on: str, max_length: int) -
     elif loss_on != "all" and supervised == len(labels) - 1:  # labels[0] is never a target
         problems.append(f"{where} supervises every token, system and user turns included; the template's "
                         "assistant turns were not located")
-    eot = end_of_turn_id(tokenizer)
-    if spans is not None:
+    if spans:
+        eot = end_of_turn_id(tokenizer)
         selected = spans[-1:] if loss_on == "last_assistant" else spans
         for k, (start, end) in enumerate(selected):
             last = max((i for i, (s, e) in enumerate(enc["offset_mapping"]) if s < end and e > start), default=None)
