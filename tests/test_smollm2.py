@@ -282,3 +282,25 @@ def test_hub_id_trains_offline_from_a_populated_hf_cache(tmp_path):
     assert metrics["base_scores"]["perplexity"] > 0 and metrics["scores"]["perplexity"] > 0
     assert json.loads((tmp_path / "runs" / "from-hub-cache" / "model" / "adapter_config.json").read_text())[
         "base_model_name_or_path"] in ("HuggingFaceTB/SmolLM2-135M-Instruct", str(repo / "snapshots" / revision))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# causal_lm prompt -> continuation: ROUGE of generated continuations when the recipe names eval.metrics
+
+
+def test_causal_lm_scores_generated_continuations_with_rouge(tmp_path, corpus, pretrained):
+    from pipelines import loop
+    from pipelines.recipe import build_recipe
+    from tests.conftest import tiny_lora_raw
+
+    raw = tiny_lora_raw(corpus, tmp_path, pretrained, "gen", max_steps=4)
+    raw["eval"] = {"batch_size": 8, "metrics": ["rouge"], "generation": {"max_new_tokens": 12}}
+    metrics = loop.train(build_recipe(raw), tmp_path / "gen", overwrite=True)
+    for scores in (metrics["scores"], metrics["base_scores"]):
+        assert scores["perplexity"] > 1 and 0 <= scores["rougeL"] <= 1
+    assert metrics["primary_metric"] == "perplexity"
+    predictions = [json.loads(line) for line in (tmp_path / "gen" / "predictions.jsonl").read_text().splitlines()]
+    assert len(predictions) == metrics["dataset"]["num_examples"]
+    rows = {json.loads(line)["name_line"]: json.loads(line)["description"] for line in corpus.read_text().splitlines()}
+    assert all(rows[p["prompt"]] == p["reference"] for p in predictions)
+    assert metrics["metric_settings"]["generation"]["max_new_tokens"] == 12

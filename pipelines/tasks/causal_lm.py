@@ -142,7 +142,7 @@ def num_targets(batch: dict[str, torch.Tensor]) -> int:
 
 
 def score(ctx: ScoreContext) -> Scored:
-    """Test perplexity; with a prompt column, also ROUGE (or `eval.metrics`) of generated continuations.
+    """Test perplexity; with a prompt column and `eval.metrics` (e.g. [rouge]), also those of generations.
 
     Perplexity is over the whole test split (continuation tokens only when prompts are masked).
     Generation: prompt = `[BOS] prompt "\\n"`, exactly the head of a training example (`prompt_example`), cut to
@@ -155,7 +155,10 @@ def score(ctx: ScoreContext) -> Scored:
     nll, n = example_losses(ctx)
     scored = Scored(scores=perplexity(nll, n), settings={"perplexity": {"unit": "per token, nats -> exp"}})
     recipe = ctx.recipe
-    if not (recipe.eval.generate and "prompt" in recipe.data.columns and not recipe.data.packing):
+    # Opt-in by naming the metrics: most causal-LM recipes are scored by perplexity alone, and tiny pretrained
+    # models have fewer positions than prompt + the default eval.generation.max_new_tokens.
+    if not (recipe.eval.generate and recipe.eval.metrics and "prompt" in recipe.data.columns
+            and not recipe.data.packing):
         return scored
     bos = ctx.tokenizer.bos_token_id
     prompts = [p + "\n" for p in _texts(ctx.rows, "prompt", recipe)]
@@ -165,8 +168,7 @@ def score(ctx: ScoreContext) -> Scored:
     generated = generate_ids(ctx.accelerator, ctx.model, ctx.tokenizer, prompt_ids, recipe.eval.generation,
                              ctx.batch_size)
     predictions = decode(ctx.tokenizer, generated)
-    generated_scores, generated_settings = generation_scores(predictions, references,
-                                                             tuple(recipe.eval.metrics) or ("rouge",))
+    generated_scores, generated_settings = generation_scores(predictions, references, tuple(recipe.eval.metrics))
     scored.scores.update(generated_scores)
     scored.settings.update(generated_settings)
     scored.settings["generation"] = {**recipe.eval.generation.model_dump(),
