@@ -169,7 +169,8 @@ def test_chat_recipe_validates_and_shows_the_mask(smollm2_cache, monkeypatch, ca
     assert "ok   recipes/gpt/smollm2-lora-manpages.yaml" in out
     # the SmolLM2 template's own scaffolding is unsupervised; each answer with its <|im_end|> is supervised
     assert "<|im_start|>system\n       You explain Unix manual pages.<|im_end|>" in out
-    assert out.count("<|im_end|>»") == 2 and out.count("«") == 2
+    assert out.count("<|im_start|>assistant\n       «") == 2 and out.count("<|im_end|>»") == 2
+    assert out.count("«") == out.count("»") == 3  # the two answers and the note's legend
 
 
 # ---------------------------------------------------------------------------------------------------------------
