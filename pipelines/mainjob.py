@@ -19,6 +19,8 @@ STEPS: list[tuple[str, str]] = [
     ("train", "recipes/gpt/pretrain-tiny.yaml"),
     ("train", "recipes/gpt/lora-manpages.yaml"),
     ("train", "recipes/gpt/chat-lora-manpages.yaml"),
+    # the real SmolLM2-135M-Instruct (builtin:, offline): base vs LoRA on the same 200 test conversations
+    ("train", "recipes/gpt/smollm2-chat-lora-manpages.yaml"),
     ("train", "recipes/bart/pretrain-tiny.yaml"),
     ("train", "recipes/bart/lora-summarize-manpages.yaml"),
     ("train", "recipes/bart/lora-translate-en-de.yaml"),

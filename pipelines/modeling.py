@@ -18,6 +18,7 @@ from transformers import AutoConfig, AutoTokenizer, PreTrainedModel, PreTrainedT
 from transformers.pytorch_utils import Conv1D
 
 from pipelines import checks, runs
+from pipelines.builtin_models import smollm2_135m_instruct
 from pipelines.errors import TuneforgeError
 from pipelines.recipe import LoraConfig, Recipe
 
@@ -38,7 +39,7 @@ def _minilm_path() -> str:
 warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 # Recipe aliases for checkpoints that ship inside Python packages, so recipes name no machine-specific path.
-ALIASES = {"builtin:minilm-l6": _minilm_path}
+ALIASES = {"builtin:minilm-l6": _minilm_path, "builtin:smollm2-135m-instruct": smollm2_135m_instruct}
 
 
 def resolve_base(base: str, field: str = "model.base") -> str:

@@ -101,7 +101,21 @@ def check_recipe(recipe: Recipe) -> Report:
                 f"eval.generation.max_new_tokens: {recipe.eval.generation.max_new_tokens} exceeds the model's "
                 f"{positions} positions"
             )
+    if model is not None and recipe.model.base and source_ok and task.check is not None and not report.errors:
+        notes, errors = _check_example(recipe, task)
+        report.notes += notes
+        report.errors += errors
     return report
+
+
+def _check_example(recipe: Recipe, task) -> tuple[list[str], list[str]]:
+    """The task's own look at one real training example, with the tokenizer the run will use."""
+    tokenizer = modeling.load_tokenizer(recipe.model.base)
+    data = data_lib.load_data(recipe.data.model_copy(update={"train_limit": 1, "validation_limit": 1,
+                                                              "test_limit": 1}))
+    if task.prepare is not None:
+        data, _ = task.prepare(recipe, data, tokenizer)
+    return task.check(recipe, tokenizer, data["train"])
 
 
 def preflight(recipe: Recipe) -> None:

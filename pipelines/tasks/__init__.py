@@ -40,6 +40,8 @@ class Task:
         score: (ScoreContext) -> Scored (scores, metric settings, predictions).
         prepare: (recipe, data, tokenizer) -> (data, from_pretrained kwargs); label maps, chat templates.
         on_save: (model_dir, unwrapped model, tokenizer, recipe) -> None; extra files for the saved model.
+        check: (recipe, tokenizer with the template installed, training rows) -> (notes, errors); `validate`'s
+            look at a real example (chat: the rendered conversation and its loss mask).
         token_level: the loss is a mean over tokens, so exp(loss) is a perplexity worth logging; False for
             classification (one cross-entropy per example).
         generates: scored by generating text (`eval.generate`), so generation lengths and sharded generation
@@ -69,6 +71,7 @@ class Task:
     optional_roles: tuple[str, ...] = ()
     prepare: Callable[..., tuple[datasets.DatasetDict, dict]] | None = None
     on_save: Callable[..., None] | None = None
+    check: Callable[..., tuple[list[str], list[str]]] | None = None
     token_level: bool = True
     generates: bool = False
     demo_feed: str = "continue"

@@ -131,9 +131,40 @@ def num_targets(batch: dict[str, torch.Tensor]) -> int:
 
 
 def score(ctx: ScoreContext) -> Scored:
-    """Perplexity over the whole test split (continuation tokens only when prompts are masked)."""
+    """Test perplexity; with a prompt column and `eval.metrics` (e.g. [rouge]), also those of generations.
+
+    Perplexity is over the whole test split (continuation tokens only when prompts are masked).
+    Generation: prompt = `[BOS] prompt "\\n"`, exactly the head of a training example (`prompt_example`), cut to
+    `data.max_length`; left-padded batches, greedy unless the recipe samples, `eval.generation.max_new_tokens`,
+    stopped at EOS (which ends every training continuation); reference = the row's text.
+    """
+    from eval.metrics import generation_scores
+    from pipelines.generation import decode, generate_ids
+
     nll, n = example_losses(ctx)
-    return Scored(scores=perplexity(nll, n), settings={"perplexity": {"unit": "per token, nats -> exp"}})
+    scored = Scored(scores=perplexity(nll, n), settings={"perplexity": {"unit": "per token, nats -> exp"}})
+    recipe = ctx.recipe
+    # Opt-in by naming the metrics: most causal-LM recipes are scored by perplexity alone, and tiny pretrained
+    # models have fewer positions than prompt + the default eval.generation.max_new_tokens.
+    if not (recipe.eval.generate and recipe.eval.metrics and "prompt" in recipe.data.columns
+            and not recipe.data.packing):
+        return scored
+    bos = ctx.tokenizer.bos_token_id
+    prompts = [p + "\n" for p in _texts(ctx.rows, "prompt", recipe)]
+    prompt_ids = ctx.tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    prompt_ids = [(([bos] if bos is not None else []) + p)[: recipe.data.max_length] for p in prompt_ids]
+    references = _texts(ctx.rows, "text", recipe)
+    generated = generate_ids(ctx.accelerator, ctx.model, ctx.tokenizer, prompt_ids, recipe.eval.generation,
+                             ctx.batch_size)
+    predictions = decode(ctx.tokenizer, generated)
+    generated_scores, generated_settings = generation_scores(predictions, references, tuple(recipe.eval.metrics))
+    scored.scores.update(generated_scores)
+    scored.settings.update(generated_settings)
+    scored.settings["generation"] = {**recipe.eval.generation.model_dump(),
+                                     "prompt": "[BOS] prompt + newline; reference: the text column"}
+    scored.predictions = [{"id": i, "prompt": p.rstrip("\n"), "prediction": g, "reference": r}
+                          for i, (p, g, r) in enumerate(zip(prompts, predictions, references, strict=True))]
+    return scored
 
 
 TASK = Task(

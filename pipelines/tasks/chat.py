@@ -95,6 +95,76 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+
+def check_mask(tokenizer, messages: list[dict], loss_on: str, max_length: int) -> tuple[str, list[str]]:
+    """One training conversation with its supervised tokens marked, and what is wrong with its mask.
+
+    The most reported chat-finetuning bug is a mask that silently supervises everything or nothing, or drops the
+    end-of-turn token so the model never learns to stop (e.g. trl#4879, unsloth#384); this catches each on a
+    real conversation of the recipe, with the template the run will use.
+
+    Args:
+        tokenizer: with the recipe's chat template installed (`prepare`).
+        messages: a normalized training conversation.
+        loss_on: `chat.loss_on`.
+        max_length: `data.max_length` (turns cut off by it are not checked for their end).
+
+    Returns:
+        (the rendering with every supervised run of tokens in «», one message per problem: a mask that is empty,
+        all ones while loss_on is not "all", or an assistant turn whose end-of-turn token is not supervised).
+    """
+    text = render(tokenizer, messages)
+    spans = None if loss_on == "all" else assistant_spans(tokenizer, messages, text)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+    ids, labels, _ = labelled(tokenizer, enc["input_ids"], enc["offset_mapping"], spans, loss_on, max_length)
+    pieces, inside = [], False
+    for token, label in zip(ids, labels, strict=True):
+        if (label != IGNORE) != inside:
+            inside = not inside
+            pieces.append("«" if inside else "»")
+        pieces.append(tokenizer.decode([token]))
+    preview = "".join(pieces) + ("»" if inside else "")
+    supervised = sum(label != IGNORE for label in labels)
+    problems = []
+    where = f"chat.loss_on={loss_on}: one training conversation"
+    if supervised == 0:
+        problems.append(f"{where} has no supervised token (an empty mask trains nothing); check the template's "
+                        "assistant turns and data.max_length")
+    elif loss_on != "all" and supervised == len(labels) - 1:  # labels[0] is never a target
+        problems.append(f"{where} supervises every token, system and user turns included; the template's "
+                        "assistant turns were not located")
+    if spans:
+        eot = end_of_turn_id(tokenizer)
+        selected = spans[-1:] if loss_on == "last_assistant" else spans
+        for k, (start, end) in enumerate(selected):
+            last = max((i for i, (s, e) in enumerate(enc["offset_mapping"]) if s < end and e > start), default=None)
+            if last is None or last >= len(ids):
+                continue  # cut off by data.max_length: its end is not in the window
+            if ids[last] != eot or labels[last] == IGNORE:
+                problems.append(f"{where}: assistant turn {k + 1} does not end with a supervised end-of-turn token "
+                                f"{tokenizer.decode([eot])!r}, so the model would not learn to stop")
+    return preview, problems
+
+
+def check(recipe: Recipe, tokenizer, rows: datasets.Dataset) -> tuple[list[str], list[str]]:
+    """`validate`'s chat check: render one training conversation with its mask (`check_mask`).
+
+    Args:
+        recipe: the chat recipe.
+        tokenizer: the base's tokenizer with the recipe's template installed (`prepare`).
+        rows: training rows (the first is checked).
+
+    Returns:
+        (notes: the marked rendering, errors: the mask's problems).
+    """
+    chat = chat_config(recipe)
+    messages = normalize_messages(rows[0][recipe.data.columns["messages"]], chat.system_prompt,
+                                  "data.columns.messages (train row 0)")
+    preview, problems = check_mask(tokenizer, messages, chat.loss_on, recipe.data.max_length)
+    shown = preview.rstrip().replace("\n", "\n       ")
+    return [f"one training conversation, supervised tokens in «»:\n       {shown}"], problems
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Task functions
 
@@ -295,4 +365,5 @@ TASK = Task(
     on_save=on_save,
     generates=True,
     demo_feed="turn",
+    check=check,
 )
