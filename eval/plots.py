@@ -135,9 +135,10 @@ def bar_chart(
         ax.errorbar(vs, ys, xerr=err, fmt="none", ecolor="black", capsize=3, linewidth=1)
     ax.set_yticks(y, labels=labels, fontsize=8)
     ax.invert_yaxis()  # first row (the best after sorting) on top, as in the tables
-    for yi, value in zip(y, values, strict=True):
+    for yi, value, ci in zip(y, values, intervals or [None] * n, strict=True):
         if math.isfinite(value):
-            ax.text(value, yi, f" {value:.4g}", va="center", fontsize=8)
+            # Beyond the error bar's end, so the number stays readable.
+            ax.text(max(value, ci[1]) if ci else value, yi, f" {value:.4g}", va="center", fontsize=8)
     ax.set_xlabel(xlabel)
     ax.set_title(title, fontsize=10)
     ax.margins(x=0.15)
