@@ -3,7 +3,8 @@
 Reads only ``metrics.json`` (schema 1, see docs/run-folder.md). Runs are grouped by ``(task, dataset.name,
 dataset.split, dataset.fingerprint)`` so a table never mixes scores computed on different data; each group
 becomes one table with a row per run, a row per scored base model and the baselines, sorted by the primary
-metric. Folders that cannot be compared (unfinished, failed, unreadable) are reported as problems with a reason,
+metric, with paired-bootstrap 95% intervals and ties with the best run (`eval.uncertainty`). Folders that cannot
+be compared (unfinished, failed, unreadable) are reported as problems with a reason,
 never silently dropped.
 """
 
@@ -12,6 +13,7 @@ from pathlib import Path
 
 from eval.render import bar_chart_png, chart_name, render_csv, render_html, render_markdown
 from eval.tables import FORMATS, Problem, Row, Run, Table, build_tables, collect_runs
+from eval.uncertainty import add_intervals
 from pipelines.errors import TuneforgeError
 
 __all__ = ["FORMATS", "Problem", "Row", "Run", "Table", "bar_chart_png", "build_tables", "chart_name",
@@ -51,6 +53,8 @@ def compare_main(
         raise TuneforgeError(f"--out: {str(out)!r} is inside a run folder (it would replace the run's files); "
                              "write the tables next to the runs instead, e.g. runs/compare.html")
     tables = build_tables(runs)
+    for table in tables:
+        add_intervals(table)
     if charts_dir is None:
         charts_dir = (out.parent if out is not None else paths[0]) / "compare"
     charts = {table.id: bar_chart_png(table, Path(charts_dir) / chart_name(table)) for table in tables}

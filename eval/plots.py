@@ -102,7 +102,8 @@ def loss_curve_png(log_jsonl_path: str | Path, path: str | Path) -> Path:
 
 
 def bar_chart(
-    labels: Sequence[str], values: Sequence[float], highlight: Sequence[bool], title: str, xlabel: str, path
+    labels: Sequence[str], values: Sequence[float], highlight: Sequence[bool], title: str, xlabel: str, path,
+    intervals: Sequence[tuple[float, float] | None] | None = None,
 ):
     """Draws horizontal bars, one per label, highlighted ones in a contrasting colour.
 
@@ -113,6 +114,7 @@ def bar_chart(
         title: figure title.
         xlabel: axis label, including units.
         path: the PNG file to write.
+        intervals: per bar a (low, high) confidence interval drawn as an error bar, or None for none.
 
     Returns:
         The path written.
@@ -123,11 +125,20 @@ def bar_chart(
     colors = ["tab:orange" if h else "tab:blue" for h in highlight]
     y = np.arange(n)
     ax.barh(y, np.nan_to_num(values), color=colors)
+    drawn = [(yi, v, ci) for yi, v, ci in zip(y, values, intervals or [None] * n, strict=True)
+             if ci is not None and math.isfinite(v)]
+    if drawn:
+        ys, vs, cis = zip(*drawn, strict=True)
+        # Percentile intervals need not be symmetric around the full-sample value: asymmetric error bars.
+        err = np.array([[max(v - lo, 0.0) for v, (lo, _) in zip(vs, cis, strict=True)],
+                        [max(hi - v, 0.0) for v, (_, hi) in zip(vs, cis, strict=True)]])
+        ax.errorbar(vs, ys, xerr=err, fmt="none", ecolor="black", capsize=3, linewidth=1)
     ax.set_yticks(y, labels=labels, fontsize=8)
     ax.invert_yaxis()  # first row (the best after sorting) on top, as in the tables
-    for yi, value in zip(y, values, strict=True):
+    for yi, value, ci in zip(y, values, intervals or [None] * n, strict=True):
         if math.isfinite(value):
-            ax.text(value, yi, f" {value:.4g}", va="center", fontsize=8)
+            # Beyond the error bar's end, so the number stays readable.
+            ax.text(max(value, ci[1]) if ci else value, yi, f" {value:.4g}", va="center", fontsize=8)
     ax.set_xlabel(xlabel)
     ax.set_title(title, fontsize=10)
     ax.margins(x=0.15)

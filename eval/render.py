@@ -10,6 +10,9 @@ from pathlib import Path
 
 from eval.tables import _MISSING, Problem, Row, Table
 
+NA = "n/a"  # a row without per-example evidence (e.g. an older run): no interval, never a crash
+TIED = "= tied"
+
 # ---------------------------------------------------------------------------------------------------------------
 # rendering
 
@@ -56,20 +59,59 @@ def _percent(fraction: float) -> str:
 def _display_rows(table: Table) -> tuple[list[str], list[list[str]]]:
     """Header and formatted cells shared by the markdown and HTML renderers."""
     unit = "examples/s" if table.throughput_key == "examples_per_s" else "tokens/s"
-    header = ["run", "method", *table.metrics, f"Δ {table.primary_metric} vs base", "trainable params"]
-    header += ["total params", "train s", unit, "peak MB"]
+    header = ["run", "method", table.primary_metric, "95% CI", "vs best (95% CI)", *table.metrics[1:]]
+    header += [f"Δ {table.primary_metric} vs base", "trainable params", "total params", "train s", unit, "peak MB"]
     cells = []
     for row in table.rows:
         trainable = _human(row.trainable_params)
         if row.trainable_params is not None and row.total_params:
             trainable += f" ({_percent(row.trainable_params / row.total_params)})"
         cells.append(
-            [row.label, row.method]
-            + [_fmt(row.scores.get(name)) for name in table.metrics]
-            + [_fmt(row.delta, signed=True), trainable, _human(row.total_params)]
+            [row.label, row.method, _fmt(row.scores.get(table.primary_metric)), _interval(row.interval)]
+            + [_vs_best(row)]
+            + [_fmt(row.scores.get(name)) for name in table.metrics[1:]]
+            + [_delta(row), trainable, _human(row.total_params)]
             + [_fmt(row.train_seconds), _throughput(row, table), _fmt(row.peak_memory_mb)]
         )
     return header, cells
+
+
+def _interval(bounds: tuple[float, float] | None, signed: bool = False) -> str:
+    if bounds is None:
+        return NA
+    return f"[{_fmt(bounds[0], signed)}, {_fmt(bounds[1], signed)}]"
+
+
+def _vs_best(row: Row) -> str:
+    """'best', '= tied [lo, hi]' (the difference's interval holds 0), '[lo, hi]' (significantly worse) or n/a."""
+    if row.vs_best is None:
+        return NA
+    if row.best:
+        return "best"
+    return f"{TIED} {_interval(row.vs_best, signed=True)}" if row.tied else _interval(row.vs_best, signed=True)
+
+
+def _delta(row: Row) -> str:
+    text = _fmt(row.delta, signed=True)
+    return f"{text} {_interval(row.vs_base, signed=True)}" if row.vs_base is not None else text
+
+
+def _bootstrap_caption(table: Table) -> str:
+    if table.bootstrap is None:
+        return "95% CI: n/a (no run in this table kept per-example evidence)"
+    b = table.bootstrap
+    return (f"{b['confidence']:.0%} CI: paired bootstrap over the {b['examples']:,} test examples, "
+            f"{b['resamples']:,} resamples, seed {b['seed']} · \"{TIED}\": the difference from the best run is "
+            "not significant (its interval contains 0)")
+
+
+def _evidence_notes(table: Table) -> list[str]:
+    notes = [f"no interval for {row.label}: {row.evidence_note}" for row in table.rows
+             if row.evidence_note and row.kind != "base"]
+    if any(row.kind == "base" for row in table.rows):
+        notes.append("Δ vs base has no interval: only the base model's scores are kept, not its per-example "
+                     "predictions; score the base with `tuneforge eval MODEL` beside the runs to pair it")
+    return notes
 
 
 def _caption(table: Table) -> str:
@@ -96,7 +138,7 @@ def render_markdown(tables: list[Table], problems: list[Problem], charts: dict[s
         lines += ["No finished runs to compare.", ""]
     for table in tables:
         header, cells = _display_rows(table)
-        lines += [f"## {table.title}", "", _caption(table) + " · **bold** = best", ""]
+        lines += [f"## {table.title}", "", _caption(table) + " · **bold** = best", "", _bootstrap_caption(table), ""]
         lines.append("| " + " | ".join(header) + " |")
         lines.append("|" + "|".join("---" if i < 2 else "---:" for i in range(len(header))) + "|")
         for row, row_cells in zip(table.rows, cells, strict=True):
@@ -105,7 +147,7 @@ def render_markdown(tables: list[Table], problems: list[Problem], charts: dict[s
                 row_cells[0], row_cells[2] = f"**{row_cells[0]}**", f"**{row_cells[2]}**"
             lines.append("| " + " | ".join(row_cells) + " |")
         lines.append("")
-        lines += [f"> note: {note}" for note in table.notes]
+        lines += [f"> note: {note}" for note in table.notes + _evidence_notes(table)]
         if charts and table.id in charts:
             lines += [f"![{table.primary_metric}]({charts[table.id]})", ""]
     if problems:
@@ -137,6 +179,18 @@ CSV_TRAILING = (
     "examples_per_s",
     "peak_memory_mb",
 )
+# Paired-bootstrap columns (eval.uncertainty); empty where a row has no per-example evidence.
+CSV_INTERVALS = (
+    "ci_low",
+    "ci_high",
+    "vs_best_low",
+    "vs_best_high",
+    "tied_with_best",
+    "delta_low",
+    "delta_high",
+    "bootstrap_resamples",
+    "bootstrap_seed",
+)
 
 
 def render_csv(tables: list[Table]) -> str:
@@ -145,7 +199,9 @@ def render_csv(tables: list[Table]) -> str:
     Values are raw (no thousands separators or rounding; ``repr``-exact floats) so the file round-trips. Columns:
     ``CSV_COLUMNS`` (``table`` is ``Table.id``, ``best`` and ``greater_is_better`` are "true"/"false"), then the
     union of score columns over all tables (empty where a table lacks the metric), then ``CSV_TRAILING``
-    (``delta`` is the primary metric minus the base model's).
+    (``delta`` is the primary metric minus the base model's), then ``CSV_INTERVALS`` (the paired-bootstrap 95%
+    interval of the primary metric, of its difference from the best row and from a paired base, ``tied_with_best``
+    "true"/"false", resamples and seed; empty without per-example evidence).
 
     Args:
         tables: from ``build_tables``.
@@ -158,15 +214,25 @@ def render_csv(tables: list[Table]) -> str:
         metric_columns += [name for name in table.metrics if name not in metric_columns]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow([*CSV_COLUMNS, *metric_columns, *CSV_TRAILING])
+    writer.writerow([*CSV_COLUMNS, *metric_columns, *CSV_TRAILING, *CSV_INTERVALS])
     for table in tables:
         for row in table.rows:
             fixed = [table.id, table.task, table.dataset, table.split, table.fingerprint, table.primary_metric]
             fixed += [_bool(table.greater_is_better), row.label, row.kind, row.method, _bool(row.best)]
             scores = [_raw(row.scores.get(name)) for name in metric_columns]
             trailing = [_raw(getattr(row, name)) for name in CSV_TRAILING]
-            writer.writerow(fixed + scores + trailing)
+            writer.writerow(fixed + scores + trailing + _interval_cells(table, row))
     return buffer.getvalue()
+
+
+def _interval_cells(table: Table, row: Row) -> list[str]:
+    cells = []
+    for bounds in (row.interval, row.vs_best):
+        cells += [_raw(bounds[0]), _raw(bounds[1])] if bounds else ["", ""]
+    cells.append("" if row.tied is None else _bool(row.tied))
+    cells += [_raw(row.vs_base[0]), _raw(row.vs_base[1])] if row.vs_base else ["", ""]
+    b = table.bootstrap or {}
+    return cells + [_raw(b.get("resamples")), _raw(b.get("seed"))]
 
 
 def _bool(value: bool) -> str:
@@ -186,6 +252,7 @@ th { background: #f3f3f3; }
 tr.best td { background: #fff1d6; font-weight: bold; }
 tr.base td { color: #555; font-style: italic; }
 tr.baseline td { color: #555; }
+tr.tied td { background: #eef6ee; }
 p.caption { color: #555; font-size: 0.9em; }
 img.chart { max-width: 700px; display: block; }
 .problems li { color: #a33; }
@@ -215,15 +282,18 @@ def render_html(tables: list[Table], problems: list[Problem], charts: dict[str, 
     for table in tables:
         header, cells = _display_rows(table)
         parts.append(f'<h2 id="{html.escape(table.id)}">{html.escape(table.title)}</h2>')
-        parts.append(f'<p class="caption">{html.escape(_caption(table))}</p>')
+        captions = "<br>".join(html.escape(c) for c in (_caption(table), _bootstrap_caption(table)))
+        parts.append(f'<p class="caption">{captions}</p>')
         parts.append("<table><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr></thead>")
         parts.append("<tbody>")
         for row, row_cells in zip(table.rows, cells, strict=True):
-            classes = " ".join(c for c in (row.kind if row.kind != "run" else "", "best" if row.best else "") if c)
+            tied = "tied" if row.tied and not row.best else ""
+            kind = row.kind if row.kind != "run" else ""
+            classes = " ".join(c for c in (kind, "best" if row.best else "", tied) if c)
             attr = f' class="{classes}"' if classes else ""
             parts.append(f"<tr{attr}>" + "".join(f"<td>{html.escape(c)}</td>" for c in row_cells) + "</tr>")
         parts.append("</tbody></table>")
-        parts += [f"<p class='caption'>note: {html.escape(note)}</p>" for note in table.notes]
+        parts += [f"<p class='caption'>note: {html.escape(note)}</p>" for note in table.notes + _evidence_notes(table)]
         if table.id in charts:
             data = base64.b64encode(Path(charts[table.id]).read_bytes()).decode("ascii")
             alt = html.escape(f"{table.primary_metric} per run")
@@ -254,6 +324,7 @@ def bar_chart_png(table: Table, path: str | Path) -> Path:
         labels=[row.label for row in table.rows],
         values=values,
         highlight=[row.best for row in table.rows],
+        intervals=[row.interval for row in table.rows],
         title=f"{table.title} ({table.fingerprint[:19]})",
         xlabel=f"{table.primary_metric} ({direction} is better)",
         path=path,

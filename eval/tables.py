@@ -64,6 +64,14 @@ class Row:
         tokens_per_s, examples_per_s: training throughput.
         peak_memory_mb: peak accelerator memory during training, MB.
         best: True for the row(s) with the best primary metric in the table.
+        run_dir: the run folder (None for base rows), where its per-example evidence lives.
+        settings: the run's metric settings (ROUGE stemming, sacreBLEU signatures).
+        base_model: the run's base model as the recipe named it.
+        interval: paired-bootstrap 95% interval of the primary metric (None: no evidence).
+        vs_best: interval of (this row's primary metric - the best row's), on the same resamples.
+        tied: True when ``vs_best`` contains 0 (not significantly different from the best); None when unknown.
+        vs_base: interval of (primary metric - its base model's), where the base was scored as a run of the table.
+        evidence_note: why a row has no interval.
     """
 
     label: str
@@ -78,6 +86,14 @@ class Row:
     examples_per_s: float | None = None
     peak_memory_mb: float | None = None
     best: bool = False
+    run_dir: Path | None = None
+    settings: dict | None = None
+    base_model: str | None = None
+    interval: tuple[float, float] | None = None
+    vs_best: tuple[float, float] | None = None
+    tied: bool | None = None
+    vs_base: tuple[float, float] | None = None
+    evidence_note: str | None = None
 
 
 @dataclass
@@ -92,6 +108,7 @@ class Table:
         metrics: score columns, primary first.
         rows: sorted best first; rows without a primary score last.
         notes: inconsistencies found while building the table.
+        bootstrap: the interval settings (resamples, seed, confidence, rows paired) once intervals are added.
     """
 
     task: str
@@ -104,6 +121,7 @@ class Table:
     metrics: list[str]
     rows: list[Row]
     notes: list[str] = field(default_factory=list)
+    bootstrap: dict | None = None
 
     @property
     def id(self) -> str:
@@ -288,6 +306,9 @@ def _run_row(run: Run, primary: str) -> Row:
         tokens_per_s=train.tokens_per_s,
         examples_per_s=train.examples_per_s,
         peak_memory_mb=train.peak_memory_mb,
+        run_dir=run.path,
+        settings=record.metric_settings,
+        base_model=record.base_model,
     )
 
 

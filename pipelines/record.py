@@ -192,7 +192,8 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
 
 
 def write_result(run_dir: Path, record: RunRecord, scored=None, card: str | None = None) -> dict:
-    """Write a scored result into a run folder: predictions.jsonl, the task's artifacts, metrics.json, README.md.
+    """Write a scored result into a run folder: predictions.jsonl, the task's artifacts, evidence.json, metrics.json,
+    README.md.
 
     The same sequence for training, `tuneforge eval` and the baseline; call it on the main process only. metrics.json
     comes last and atomically, so a run whose record says "finished" has everything else written.
@@ -200,8 +201,9 @@ def write_result(run_dir: Path, record: RunRecord, scored=None, card: str | None
     Args:
         run_dir: the run folder (must exist).
         record: the run record.
-        scored: the `pipelines.scoring.Scored` whose predictions and artifacts (e.g. the confusion matrix) are
-            written; None writes metrics.json alone.
+        scored: the `pipelines.scoring.Scored` whose predictions, artifacts (e.g. the confusion matrix) and
+            per-example evidence (evidence.json, for `tuneforge compare`'s intervals) are written; None writes
+            metrics.json alone.
         card: the model card text, or None to leave README.md as it is.
 
     Returns:
@@ -213,6 +215,11 @@ def write_result(run_dir: Path, record: RunRecord, scored=None, card: str | None
             write_jsonl(run_dir / "predictions.jsonl", scored.predictions)
         for name, write in scored.artifacts.items():
             write(run_dir / name)
+        evidence = run_dir / "evidence.json"
+        if scored.evidence:
+            write_json(evidence, scored.evidence)
+        elif evidence.exists():  # rescored without loss evidence: an old file would pair with the new scores
+            evidence.unlink()
     if card is not None:
         (run_dir / "README.md").write_text(card)
     out = record.as_dict()

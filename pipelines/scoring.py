@@ -46,6 +46,9 @@ class Scored:
     greater_is_better: bool | None = None
     # Extra files for the run folder: name -> writer(path), called on the main process (e.g. a confusion matrix).
     artifacts: dict[str, Callable[[Path], object]] = field(default_factory=dict)
+    # Per-example numbers the primary metric is made of when predictions.jsonl lacks them (perplexity: summed
+    # loss and target count), written to evidence.json so `tuneforge compare` can bootstrap intervals.
+    evidence: dict | None = None
 
 
 def sorted_loader(ctx: ScoreContext, features: datasets.Dataset | None = None) -> tuple[DataLoader, list[int]]:
@@ -104,3 +107,18 @@ def perplexity(nll_sum: torch.Tensor, num_tokens: torch.Tensor) -> dict[str, flo
     total, count = float(nll_sum.sum()), int(num_tokens.sum())
     loss = total / max(count, 1)
     return {"perplexity": float(torch.tensor(loss).exp()), "loss": loss, "num_tokens": count}
+
+
+def loss_evidence(nll_sum: torch.Tensor, num_tokens: torch.Tensor) -> dict:
+    """The per-example evidence behind a perplexity: what evidence.json holds for `tuneforge compare`.
+
+    Args:
+        nll_sum: [N] summed negative log-likelihood per example, nats, in split order.
+        num_tokens: [N] scored target tokens per example.
+
+    Returns:
+        ``{"perplexity": {"nll_sum": [N floats], "num_targets": [N ints]}}``; entry i is test row i (the ``id`` of
+        predictions.jsonl), so two runs on the same dataset fingerprint pair up example by example.
+    """
+    return {"perplexity": {"nll_sum": [float(x) for x in nll_sum.tolist()],
+                           "num_targets": [int(n) for n in num_tokens.tolist()]}}

@@ -19,7 +19,7 @@ from transformers import AutoModelForCausalLM
 
 from pipelines.batching import IGNORE, PAD_MULTIPLE, right_pad
 from pipelines.recipe import Recipe
-from pipelines.scoring import ScoreContext, Scored, example_losses, perplexity
+from pipelines.scoring import ScoreContext, Scored, example_losses, loss_evidence, perplexity
 from pipelines.tasks import Task
 
 
@@ -142,7 +142,8 @@ def score(ctx: ScoreContext) -> Scored:
     from pipelines.generation import decode, generate_ids
 
     nll, n = example_losses(ctx)
-    scored = Scored(scores=perplexity(nll, n), settings={"perplexity": {"unit": "per token, nats -> exp"}})
+    scored = Scored(scores=perplexity(nll, n), settings={"perplexity": {"unit": "per token, nats -> exp"}},
+                    evidence=loss_evidence(nll, n))
     recipe = ctx.recipe
     # Opt-in by naming the metrics: most causal-LM recipes are scored by perplexity alone, and tiny pretrained
     # models have fewer positions than prompt + the default eval.generation.max_new_tokens.

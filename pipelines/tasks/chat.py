@@ -43,7 +43,7 @@ from pipelines.errors import TuneforgeError
 from pipelines.generation import decode, generate_ids
 from pipelines.recipe import Recipe
 from pipelines.runtime import inner_model
-from pipelines.scoring import ScoreContext, Scored, example_losses
+from pipelines.scoring import ScoreContext, Scored, example_losses, loss_evidence
 from pipelines.tasks import Task, causal_lm
 from pipelines.tasks.chat_template import (
     CHATML_TEMPLATE,
@@ -320,7 +320,7 @@ def score(ctx: ScoreContext) -> Scored:
     settings = {"perplexity": {"unit": "per assistant token incl. end-of-turn, nats -> exp",
                                "tokens": "assistant turns of the test conversations"}}
     if not ctx.recipe.eval.generate:
-        return Scored(scores=scores, settings=settings)
+        return Scored(scores=scores, settings=settings, evidence=loss_evidence(nll, n))
     gen = ctx.recipe.eval.generation
     metrics = tuple(ctx.recipe.eval.metrics) or ("rouge",)
     messages, references = first_answer_prompts(ctx.rows, ctx.recipe)
@@ -335,7 +335,7 @@ def score(ctx: ScoreContext) -> Scored:
                               "prompt": "system + first user turn + generation prompt; reference: first answer"}
     rows = [{"id": i, "prompt": m[-1]["content"], "prediction": p, "reference": r}
             for i, (m, p, r) in enumerate(zip(messages, predictions, references, strict=True))]
-    return Scored(scores=scores, settings=settings, predictions=rows)
+    return Scored(scores=scores, settings=settings, predictions=rows, evidence=loss_evidence(nll, n))
 
 
 def on_save(model_dir, model, tokenizer, recipe: Recipe) -> None:

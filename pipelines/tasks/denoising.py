@@ -34,7 +34,7 @@ from transformers import AutoModelForSeq2SeqLM
 
 from pipelines.errors import TuneforgeError
 from pipelines.recipe import Recipe
-from pipelines.scoring import ScoreContext, Scored, example_losses
+from pipelines.scoring import ScoreContext, Scored, example_losses, loss_evidence
 from pipelines.tasks import Task, seq2seq
 
 logger = logging.getLogger(__name__)
@@ -178,6 +178,7 @@ def score(ctx: ScoreContext) -> Scored:
 
     nll, n = example_losses(ctx)
     return Scored(
+        evidence=loss_evidence(nll, n),
         scores=perplexity_scores(nll.tolist(), n.tolist()),
         settings={
             "perplexity": {"unit": "original tokens given the corrupted input, nats -> exp"},

@@ -28,7 +28,7 @@ from pipelines.errors import TuneforgeError
 from pipelines.generation import decode, generate_ids
 from pipelines.recipe import Recipe
 from pipelines.runtime import is_main_process
-from pipelines.scoring import ScoreContext, Scored, example_losses
+from pipelines.scoring import ScoreContext, Scored, example_losses, loss_evidence
 from pipelines.tasks import Task
 
 logger = logging.getLogger(__name__)
@@ -238,7 +238,8 @@ def score(ctx: ScoreContext) -> Scored:
     scores = perplexity_scores(nll.tolist(), n.tolist())
     settings = {"perplexity": {"unit": "reference tokens, teacher forcing, nats -> exp"}}
     if not recipe.eval.generate:
-        return Scored(scores=scores, settings=settings, primary_metric="perplexity", greater_is_better=False)
+        return Scored(scores=scores, settings=settings, primary_metric="perplexity", greater_is_better=False,
+                      evidence=loss_evidence(nll, n))
 
     check_generation(ctx.accelerator.unwrap_model(ctx.model), recipe)
     generated = generate_ids(
