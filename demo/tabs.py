@@ -100,9 +100,11 @@ def side_by_side_tab(h) -> gr.Dropdown:
         text = input_box("Input", h.max_input_chars, "side-input", lines=3)
         max_tokens = gr.Slider(1, 512, value=64, step=1, label="Max new tokens", elem_id="side-max-tokens")
         go = gr.Button("Compare", variant="primary", elem_id="side-go")
+        # Named after the first run's base and the run from the start (`.change` only fires on a new pick).
+        base_label, tuned_label = (update["label"] for update in h.side_labels(run.value))
         with gr.Row():
-            base = gr.Textbox(label="Base model", lines=8, interactive=False, elem_id="side-base")
-            tuned = gr.Textbox(label="Finetuned run", lines=8, interactive=False, elem_id="side-tuned")
+            base = gr.Textbox(label=base_label, lines=8, interactive=False, elem_id="side-base")
+            tuned = gr.Textbox(label=tuned_label, lines=8, interactive=False, elem_id="side-tuned")
     go.click(h.side_by_side, [run, text, max_tokens], [base, tuned], api_name="side_by_side")
     run.change(h.side_labels, run, [base, tuned], api_visibility="private", concurrency_limit=None)
     return run
