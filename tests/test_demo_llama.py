@@ -13,15 +13,13 @@ import math
 
 import pytest
 import torch
-from demo_fixtures import free_port
+from demo_fixtures import free_port, llama_chat_run
 from gradio_client import Client
-from test_architectures import raw_recipe, write_data
 from test_demo import _png, _text, each_extends_the_last
-from tiny_hub import ARCHS, save_checkpoint
+from tiny_hub import ARCHS
 
 from demo.app import build_app, serve
-from pipelines import introspect, loop
-from pipelines.recipe import build_recipe
+from pipelines import introspect
 from pipelines.run_model import load_run_model
 from pipelines.tasks import chat
 
@@ -31,13 +29,7 @@ NEW = 12
 
 @pytest.fixture(scope="module")
 def llama_runs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("demo-llama")
-    arch = ARCHS["llama"]
-    base = save_checkpoint(arch, root / "base")
-    raw = raw_recipe(arch, base, write_data(root / "rows.jsonl"), root / "runs")
-    raw["output"]["name"] = "llama-chat"
-    loop.train(build_recipe(raw), root / "runs" / "llama-chat")
-    return root / "runs"
+    return llama_chat_run(tmp_path_factory.mktemp("demo-llama")).parent
 
 
 @pytest.fixture(scope="module")
