@@ -4,7 +4,8 @@
 streamed, the run's own chat template), Translate / Summarize (beam search), Classify (label probabilities),
 Side by side (base model and finetuned run on one input) and Leaderboard (`tuneforge compare` tables and charts,
 per-run recipe, metrics and loss curve) and Inspect (tokens, embeddings, positions, attention, next-token
-probabilities and pretraining windows of any run or its base; `demo.inspect_tab`).
+probabilities and pretraining windows of any run or its base; `demo.inspect_tab`). The layouts are in `demo.tabs`;
+this module holds what each tab does (`Handlers`) and serves the app.
 
 Safe defaults: binds 127.0.0.1 and makes no public share link unless asked; inputs are limited in length with a
 visible message; a queue with a concurrency limit; every error becomes a message in the UI while the server keeps
