@@ -1,6 +1,7 @@
 """Demo latencies on real runs: the generator's first token and every Inspect view, cold and warm.
 
     .venv/bin/python -m bench.demo runs/ [--out FILE.json] [--browser docs/inspect]
+    .venv/bin/python -m bench.demo runs/ --side-by-side smollm2-chat-lora-manpages --shot docs/smollm2-side-by-side.png
 
 Calls the demo's own handlers in this process, as the Gradio server would for one user (no browser, no network
 in between): a new `Handlers` per run, so "cold" includes loading the model from disk, as a user's first click
@@ -8,6 +9,11 @@ does; "warm" repeats the call with the model cached. With `--browser DIR` it als
 Chromium, clicks each Inspect view's button and times it until the result is on screen (images decoded), then
 saves a full-page screenshot per run into DIR. Run names default to the main job's runs. Prints markdown tables;
 `--out` also writes the numbers as JSON.
+
+With `--side-by-side RUN` it does only this instead: serves the app, asks RUN's base model and RUN itself one chat
+question in the Side by side tab in headless Chromium (greedy, the run's own `eval.generation.max_new_tokens`),
+prints both answers and the seconds from the click to both answers on screen, and saves the page as `--shot`
+(docs/smollm2-side-by-side.png for the main job's SmolLM2 chat run: take it from the main job's runs/ folder only).
 """
 
 from __future__ import annotations
@@ -163,6 +169,65 @@ def browser_views(runs_dir: Path, runs: list[str], shots: Path) -> dict:
     return out
 
 
+SIDE_QUESTION = "What does the ls command do?"
+
+
+def side_by_side_shot(runs_dir: Path, run: str, question: str, shot: Path) -> dict:
+    """The Side by side tab for `run` in headless Chromium: both answers, the seconds until both are on screen, and
+    a screenshot of the page saved as `shot`."""
+    import re
+    import shutil
+    import socket
+
+    from playwright.sync_api import sync_playwright
+
+    from demo.app import build_app, serve
+    from pipelines.runs import load_run_recipe
+
+    new_tokens = load_run_recipe(runs_dir / run).eval.generation.max_new_tokens
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    app = build_app(runs_dir)
+    url = serve(app, "127.0.0.1", port)
+    shot.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(
+                executable_path=shutil.which("chromium") or "/usr/bin/chromium",
+                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                      "--disable-component-update", "--no-first-run", "--disable-sync"])  # fmt: skip
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.set_default_timeout(600_000)  # two 135M-parameter models loading on a busy 2-core CPU
+            page.goto(url)
+            page.locator("#header").wait_for()
+            page.get_by_role("tab", name="Side by side").click()
+            page.locator("#side_by_side-run input").click()
+            page.get_by_role("option", name=re.compile(rf"^{re.escape(run)} \(")).click()
+            page.locator("#side-input textarea").fill(question)
+            box = page.locator("#side-max-tokens input[type=number]")
+            box.fill(str(new_tokens))
+            box.press("Enter")
+            t0 = time.perf_counter()
+            page.locator("#side-go").click()
+            page.wait_for_function(
+                "() => document.querySelector('#side-tuned textarea').value"
+                " && !document.querySelector('.pending, .generating')", polling=100)  # fmt: skip
+            seconds = time.perf_counter() - t0
+            for button in page.locator(".toast-close").all():
+                if button.is_visible():
+                    button.click()
+            page.wait_for_function("() => !document.querySelector('.toast-body')", timeout=15_000)  # faded out
+            page.screenshot(path=str(shot), full_page=True)
+            out = {"run": run, "question": question, "max_new_tokens": new_tokens, "seconds": seconds,
+                   "base": page.locator("#side-base textarea").input_value(),
+                   "finetuned": page.locator("#side-tuned textarea").input_value(), "screenshot": str(shot)}
+            browser.close()
+    finally:
+        app.close()
+    return out
+
+
 def table(result: dict) -> str:
     lines = ["| run | select run | " + " | ".join(VIEWS) + " |", "|---|---:|" + "---:|" * len(VIEWS)]
     for run, views in result["inspect"].items():
@@ -189,8 +254,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--browser", type=Path, default=None, metavar="DIR",
                         help="also time the views in headless Chromium; screenshots go to DIR")
+    parser.add_argument("--side-by-side", default=None, metavar="RUN",
+                        help="only take the Side by side screenshot of RUN's base and RUN on one question")
+    parser.add_argument("--question", default=SIDE_QUESTION, help="the question for --side-by-side")
+    parser.add_argument("--shot", type=Path, default=Path("docs/smollm2-side-by-side.png"),
+                        help="where --side-by-side saves its screenshot")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.side_by_side:
+        side = {"machine": machine(), "load_average_start": os.getloadavg(),
+                **side_by_side_shot(args.runs_dir, args.side_by_side, args.question, args.shot),
+                "load_average_end": os.getloadavg()}
+        print(f"Side by side ({side['run']}, greedy, {side['max_new_tokens']} new tokens, {side['seconds']:.1f} s "
+              f"from the click to both answers on screen; load average {side['load_average_start'][0]:.1f}):\n\n"
+              f"> **user**: {side['question']}\n\n**base**: {side['base']}\n\n**finetuned**: {side['finetuned']}\n\n"
+              f"screenshot: {side['screenshot']}")
+        if args.out:
+            args.out.write_text(json.dumps(side, indent=1))
+        return 0
     result = {"machine": machine(), "load_average_start": os.getloadavg(),
               "generator": first_token(args.runs_dir, GENERATOR_RUN), "inspect": {}}
     for run in args.runs.split(","):

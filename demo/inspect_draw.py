@@ -81,8 +81,13 @@ def heatmap(ax, values: np.ndarray, title: str, cmap: str, vmin: float, vmax: fl
     ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.02)
 
 
-def positions_figure(learned, sinusoid, learned_sim, sinusoid_sim) -> np.ndarray:
-    """2 x 2: position vectors [P, d] (learned | sinusoidal) over their cosine similarity [P, P]."""
+def positions_figure(learned, sinusoid, learned_sim, sinusoid_sim, rotary=None) -> np.ndarray:
+    """2 x 2: position vectors [P, d] (learned | sinusoidal) over their cosine similarity [P, P].
+
+    A rotary model has no position vectors: its left column shows `rotary` instead, a pair
+    (frequencies [d_head / 2] in radians per token, score [D + 1] the mean cos over pairs at distance 0..D), see
+    `pipelines.introspect.rotary_frequencies` / `rotary_distance_score`.
+    """
     fig = Figure(figsize=(11, 8.5), dpi=72)
     # Fixed margins: matplotlib's constrained layout would take longer than all the rest of the view together.
     axes = fig.subplots(2, 2, gridspec_kw={"left": 0.07, "right": 0.94, "bottom": 0.06, "top": 0.95, "wspace": 0.3,
@@ -95,6 +100,18 @@ def positions_figure(learned, sinusoid, learned_sim, sinusoid_sim) -> np.ndarray
                 "dimension", "position")  # fmt: skip
         heatmap(axes[1, 0], learned_sim, "learned: cosine similarity between positions", "viridis", -1, 1,
                 "position", "position")  # fmt: skip
+    elif rotary is not None:
+        frequencies, score = rotary
+        pairs = np.arange(len(frequencies))
+        axes[0, 0].semilogy(pairs, 2 * np.pi / frequencies, marker=".", lw=1)
+        axes[0, 0].set_title(f"rotary: wavelength of each of the {len(frequencies)} dimension pairs", fontsize=10)
+        axes[0, 0].set_xlabel("dimension pair i (of each query/key head)", fontsize=9)
+        axes[0, 0].set_ylabel("tokens per full turn, 2π / θ_i", fontsize=9)
+        axes[1, 0].plot(np.arange(len(score)), score, lw=1)
+        axes[1, 0].axhline(0, color="grey", lw=0.5)
+        axes[1, 0].set_title("rotary: query·key score vs distance (mean cos(k θ_i), q = k)", fontsize=10)
+        axes[1, 0].set_xlabel("distance k between query and key (tokens)", fontsize=9)
+        axes[1, 0].set_ylabel("score relative to k = 0", fontsize=9)
     else:
         for ax in axes[:, 0]:
             ax.axis("off")

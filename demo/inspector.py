@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import html
 import logging
+import math
 import re
 import threading
 from collections import OrderedDict
@@ -41,6 +42,7 @@ MAX_WINDOWS = 3  # windows drawn per passage (the count covers all)
 MAX_K = 50
 MAX_STEPS = 20
 POSITION_PICTURES = 16  # positions views kept drawn
+ROTARY_POSITIONS = 512  # distances shown for a rotary model (its context can be 8k tokens)
 DEFAULT_TEXT = "ls lists the files in a directory, sorted by name."
 WHICH = [("Run (as trained)", "run"), ("Its base model (LoRA: adapters off)", "base")]
 ATTENTION_KINDS = {
@@ -177,18 +179,25 @@ class Inspector:
                 d = loaded.model.get_input_embeddings().embedding_dim
                 p = learned.shape[0] if learned is not None else introspect.context_window(loaded.model) or 512
                 kind = introspect.family(loaded.model)
+                frequencies = introspect.rotary_frequencies(loaded.model)
+            rotary = None
+            if learned is None and frequencies is not None:
+                p = min(p, ROTARY_POSITIONS)  # the sinusoid beside it: a rotary context (8k) would blur to grey
+                rotary = (frequencies.numpy(), introspect.rotary_distance_score(frequencies, p).numpy())
             sinusoid = introspect.sinusoidal_positions(p, d)
             learned_np = learned.numpy() if learned is not None else None
             learned_sim = introspect.position_similarity(learned).numpy() if learned is not None else None
             image = self._draw(positions_figure, learned_np, sinusoid.numpy(),
-                               learned_sim, introspect.position_similarity(sinusoid).numpy())  # fmt: skip
+                               learned_sim, introspect.position_similarity(sinusoid).numpy(), rotary)  # fmt: skip
             encoder_decoder = kind == introspect.ENCODER_DECODER
             which_table = " (the encoder's table; BART's decoder has its own)" if encoder_decoder else ""
             md = (f"{p} positions × {d} dimensions{which_table}. The model adds row *p* of its position table to the "
                   "embedding of the token at position *p*. Left: what training learned; right: the fixed sinusoids "
                   "of *Attention Is All You Need* (§3.5) for the same size, where nearby positions are similar and "
                   "the similarity falls off smoothly with distance.")  # fmt: skip
-            if learned is None:
+            if rotary is not None:
+                md = rotary_note(frequencies, p) + md
+            elif learned is None:
                 md = "This model has no learned position table (it encodes positions another way, e.g. rotary). " + md
             with self._lock:
                 self._position_views[key] = (image, md)
@@ -401,6 +410,18 @@ class Inspector:
                 self._positions(run, which)
             except Exception:  # the same error reaches the user when they ask for the view
                 log.debug("drawing the positions of %s (%s) ahead failed", run, which, exc_info=True)
+
+
+def rotary_note(frequencies, shown: int) -> str:
+    """What the rotary view (left column) shows, for a model with `frequencies` [d_head / 2] (radians per token)."""
+    fastest, slowest = 2 * math.pi / float(frequencies.max()), 2 * math.pi / float(frequencies.min())
+    return (f"**Rotary positions (RoPE, Su et al. 2021).** This model has no position table: every attention layer "
+            f"rotates each of the {len(frequencies)} dimension pairs of its queries and keys by position × θ_i, so a "
+            "query·key score depends only on how far apart the two tokens are. Top left: each pair's wavelength, "
+            f"from {fastest:.1f} to {slowest:,.0f} tokens per turn (θ_i = rope_theta^(-2i/head_dim)). Bottom left: "
+            f"the score of a vector with itself at distance 0-{shown} (mean cos over the pairs): near tokens score "
+            "high, far ones lower. Right, for comparison: sinusoids added to the input as in the original "
+            "Transformer, at the same width. ")
 
 
 def passage(recipe, row: dict) -> tuple[str | None, str]:

@@ -167,3 +167,45 @@ def demo_root(dest: Path, trained: Path, pretrained: Path, extra: dict[str, str]
     shutil.copy(pretrained / "recipe.yaml", unfinished / "recipe.yaml")
     (unfinished / "metrics.json").write_text(json.dumps({"status": "running"}))
     return dest
+
+
+def llama_chat_run(root: Path) -> Path:
+    """A tiny random Llama chat checkpoint in SmolLM2's layout (ChatML template, `<|im_end|>` as EOS and pad; see
+    tests/tiny_hub.py), LoRA-finetuned 3 steps into `root/runs/llama-chat`; returns the run folder (~5 s)."""
+    from test_architectures import raw_recipe, write_data
+    from tiny_hub import ARCHS, save_checkpoint
+
+    from pipelines import loop
+    from pipelines.recipe import build_recipe
+
+    run = root / "runs" / "llama-chat"
+    if not (run / "metrics.json").is_file():
+        arch = ARCHS["llama"]
+        base = save_checkpoint(arch, root / "llama-base")
+        raw = raw_recipe(arch, base, write_data(root / "llama-rows.jsonl"), root / "runs")
+        raw["output"]["name"] = "llama-chat"
+        loop.train(build_recipe(raw), run, overwrite=True)
+    return run
+
+
+def smollm2_chat_run(root: Path) -> Path:
+    """The real SmolLM2-135M-Instruct (`builtin:smollm2-135m-instruct`, materialized in the TUNEFORGE_CACHE the
+    caller set) LoRA-finetuned with tiny settings, 2 steps on the chat corpus, into `root/runs/smollm2-chat`."""
+    from pipelines import loop
+    from pipelines.recipe import build_recipe
+
+    run = root / "runs" / "smollm2-chat"
+    raw = {
+        "task": "chat",
+        "model": {"base": "builtin:smollm2-135m-instruct"},
+        "lora": {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": "auto"},
+        "chat": {"template": "tokenizer", "loss_on": "assistant", "system_prompt": "You explain Unix manual pages."},
+        "data": {"source": str(write_chat_corpus(root / "smollm2-chat.jsonl", 40)),
+                 "columns": {"messages": "messages"},
+                 "max_length": 128, "train_limit": 16, "validation_limit": 2, "test_limit": 2},
+        "train": {"max_steps": 2, "micro_batch_size": 4, "learning_rate": 1e-3, "log_every": 1, "save_every": 0},
+        "eval": {"batch_size": 4, "score_base": False, "generation": {"max_new_tokens": 12}},
+        "output": {"dir": str(root / "runs"), "name": "smollm2-chat"},
+    }  # fmt: skip
+    loop.train(build_recipe(raw), run, overwrite=True)
+    return run

