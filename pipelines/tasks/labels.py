@@ -111,8 +111,8 @@ def label_set(train_labels: list, top_k: int | None, other_labels: str) -> tuple
     with_other = other_labels == "other" and len(kept) < len(ranked)
     if with_other and OTHER in {str(v) for v in kept}:
         raise TuneforgeError(
-            f"classification.other_labels: the data already has a label {OTHER!r} among the top {top_k}; merging other "
-            "labels into it would be ambiguous; set classification.other_labels=drop or rename that label"
+            f"classification.other_labels: the data already has a label {OTHER!r} among the top {top_k}; merging "
+            "other labels into it would be ambiguous; set classification.other_labels=drop or rename that label"
         )
     if len(kept) + with_other < 2:
         raise TuneforgeError(
@@ -158,8 +158,8 @@ def map_labels(recipe: Recipe, data: datasets.DatasetDict) -> tuple[datasets.Dat
     if cfg.num_labels is not None and cfg.num_labels != len(names):
         raise TuneforgeError(
             f"classification.num_labels: {cfg.num_labels}, but the training split gives {len(names)} classes "
-            f"({names[:_SHOWN]}{', ...' if len(names) > _SHOWN else ''}); set classification.num_labels={len(names)} or "
-            "classification.top_k_labels to the number of classes wanted"
+            f"({names[:_SHOWN]}{', ...' if len(names) > _SHOWN else ''}); set "
+            f"classification.num_labels={len(names)} or classification.top_k_labels to the number of classes wanted"
         )
     ids = {v: i for i, v in enumerate(kept)}
     other_id = len(kept) if with_other else None
