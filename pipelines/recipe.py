@@ -422,6 +422,30 @@ def build_recipe(raw: dict, overrides: list[str] | None = None, *, origin: str =
         raise TuneforgeError(f"{origin}: {len(lines)} problem(s):\n  " + "\n  ".join(lines)) from None
 
 
+def read_yaml_file(path: Path, subject: str) -> Any:
+    """Parse a YAML file that exists, with one clear error for text that is not UTF-8 or not YAML.
+
+    Args:
+        path: the file (its existence is checked by the caller, whose message names what the file is for).
+        subject: the start of each error message, naming the file, e.g. "recipe 'r.yaml':" or
+            "--launch-config: 'c.yaml' is".
+
+    Returns:
+        The parsed document (any YAML value; the caller checks its shape).
+
+    Raises:
+        TuneforgeError: the file is not UTF-8 text or not valid YAML.
+    """
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise TuneforgeError(
+            f"{subject} not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8"
+        ) from None
+    except yaml.YAMLError as exc:
+        raise TuneforgeError(f"{subject} not valid YAML: {exc}") from None
+
+
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     """Read a recipe YAML file and apply `section.key=value` overrides.
 
@@ -434,12 +458,5 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         raise TuneforgeError(f"recipe {str(path)!r} is a folder; give a recipe file, e.g. {', '.join(inside)}")
     if not path.is_file():
         raise TuneforgeError(f"recipe {str(path)!r}: no such file; recipes live under recipes/ (e.g. recipes/gpt/)")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as exc:
-        raise TuneforgeError(
-            f"recipe {str(path)!r}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8"
-        ) from None
-    except yaml.YAMLError as exc:
-        raise TuneforgeError(f"recipe {str(path)!r}: not valid YAML: {exc}") from None
+    raw = read_yaml_file(path, f"recipe {str(path)!r}:")
     return build_recipe(raw, overrides, origin=str(path))
