@@ -39,12 +39,12 @@ class Family:
         batch: examples (packed windows for causal_lm) per optimizer step; one micro-batch, no accumulation.
         learning_rate: constant learning rate.
         data: tuneforge `data:` section (source, columns, lengths, limits).
-        task_section: the task's own recipe section (`seq2seq:`, `classification:`), or None for none.
         lora: tuneforge `lora:` section, or None for full training.
         base: "gpt", "bart" (built by `ensure_base`) or a `model.base` value.
         one_epoch: the training sample is exactly `steps * batch` rows, so every config trains on every row once
             and the comparison does not depend on which part of an epoch a sampler serves first.
         seed: data order and initialisation seed of every configuration.
+        task_section: the task's own recipe section (`seq2seq:`, `classification:`), or None for none.
     """
 
     name: str
@@ -56,9 +56,9 @@ class Family:
     data: dict
     base: str
     lora: dict | None = None
-    task_section: dict | None = None
     one_epoch: bool = False
     seed: int = 0
+    task_section: dict | None = None
 
     @property
     def max_length(self) -> int:
