@@ -44,6 +44,7 @@ class Family:
         one_epoch: the training sample is exactly `steps * batch` rows, so every config trains on every row once
             and the comparison does not depend on which part of an epoch a sampler serves first.
         seed: data order and initialisation seed of every configuration.
+        task_section: the task's own recipe section (`seq2seq:`, `classification:`), or None for none.
     """
 
     name: str
@@ -57,6 +58,7 @@ class Family:
     lora: dict | None = None
     one_epoch: bool = False
     seed: int = 0
+    task_section: dict | None = None
 
     @property
     def max_length(self) -> int:
@@ -83,7 +85,8 @@ FAMILIES = {
         batch=16,
         learning_rate=1e-3,
         data={"source": "gettext", "params": {"lang": "de"}, "columns": {"source": "en", "target": "de"},
-              "max_length": 64, "target_max_length": 64},
+              "max_length": 64},
+        task_section={"target_max_length": 64},
         base="bart",
         one_epoch=True,
     ),
@@ -95,7 +98,8 @@ FAMILIES = {
         batch=32,
         learning_rate=1e-3,
         data={"source": "debian-packages", "columns": {"text": "package", "text_pair": "synopsis", "label": "section"},
-              "top_k_labels": 20, "other_labels": "other", "max_length": 64},
+              "max_length": 64},
+        task_section={"top_k_labels": 20, "other_labels": "other"},
         base="builtin:minilm-l6",
         lora={"r": 16, "alpha": 32, "dropout": 0.05, "target_modules": "auto"},
         one_epoch=True,
@@ -139,6 +143,8 @@ def tuneforge_recipe(family: Family, work: Path, name: str) -> Recipe:
     }
     if family.lora is not None:
         raw["lora"] = family.lora
+    if family.task_section is not None:
+        raw[family.name] = family.task_section
     return build_recipe(raw, origin=f"bench:{family.name}")
 
 

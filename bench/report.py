@@ -55,7 +55,8 @@ def summarize(family: Family, runs: list[dict]) -> dict:
         ratios["best_peer"] = best
         ratios["nonpad_tokens_per_s_vs_best_peer"] = tf["nonpad_tokens_per_s"] / peers[best]["nonpad_tokens_per_s"]
     work = {"steps": family.steps, "global_batch": family.batch, "max_length": family.max_length,
-            "learning_rate": family.learning_rate, "data": family.data, "lora": family.lora, "base": family.base,
+            "learning_rate": family.learning_rate, "data": family.data,
+            "task_section": family.task_section, "lora": family.lora, "base": family.base,
             "one_epoch": family.one_epoch}
     return {"title": family.title, "work": work, "configs": configs, "ratios": ratios}
 

@@ -104,18 +104,41 @@ class DataConfig(SourceSpec):
         default_factory=lambda: {"train": "train", "validation": "validation", "test": "test"}
     )
     max_length: int = Field(256, ge=8, description="input tokens per example (or per packed window)")
-    target_max_length: int = Field(64, ge=1, description="target tokens per example (seq2seq)")
-    packing: bool = Field(False, description="causal LM: concatenate documents and cut fixed windows (no padding)")
+    packing: bool = Field(
+        False, description="causal LM and chat: concatenate documents (conversations) into fixed windows (no "
+        "padding)")
     train_limit: int | None = Field(None, ge=1, description="use the first N training examples (after shuffling)")
     validation_limit: int | None = Field(None, ge=1)
     test_limit: int | None = Field(None, ge=1, description="score the first N test examples (deterministic)")
-    top_k_labels: int | None = Field(None, ge=2, description="classification: keep the K most frequent labels")
+
+
+class ClassificationConfig(_Section):
+    """Classification: which labels become classes and how each class weighs in the loss."""
+
+    top_k_labels: int | None = Field(None, ge=2, description="keep the K most frequent labels")
     other_labels: Literal["drop", "other"] = "drop"
     class_weights: Literal["none", "balanced"] = Field(
-        "none", description="classification: 'balanced' weights each training example's loss by "
-        "n / (K x count of its label), scikit-learn's class_weight='balanced', so rare classes count as much as "
-        "frequent ones (for macro-F1)")
-    num_labels: int | None = Field(None, ge=2, description="classification: expected class count, checked on the data")
+        "none", description="'balanced' weights each training example's loss by n / (K x count of its label), "
+        "scikit-learn's class_weight='balanced', so rare classes count as much as frequent ones (for macro-F1)")
+    num_labels: int | None = Field(None, ge=2, description="expected class count, checked on the data")
+
+
+class Seq2SeqConfig(_Section):
+    """Sequence-to-sequence: the target side of each pair (the source side is data.max_length)."""
+
+    target_max_length: int = Field(64, ge=1, description="target tokens per example, special tokens included")
+
+
+# Keys that moved from the shared `data:` section into their task's own section: (section, key) -> new path. The
+# schema rejects the old place with a did-you-mean to the new one. `data.packing` stays shared on purpose: it is
+# how documents become token windows for two tasks (causal_lm and chat), and both read it the same way.
+MOVED_KEYS = {
+    ("data", "top_k_labels"): "classification.top_k_labels",
+    ("data", "other_labels"): "classification.other_labels",
+    ("data", "class_weights"): "classification.class_weights",
+    ("data", "num_labels"): "classification.num_labels",
+    ("data", "target_max_length"): "seq2seq.target_max_length",
+}
 
 
 class GenerationSettings(_Section):
@@ -200,6 +223,8 @@ class Recipe(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     chat: ChatConfig | None = None
+    classification: ClassificationConfig | None = None
+    seq2seq: Seq2SeqConfig | None = None
     output: OutputConfig = Field(default_factory=OutputConfig)
     description: str | None = None
 
@@ -242,6 +267,15 @@ class Recipe(_Section):
         """sha256 of the resolved recipe (everything that defines the run), as recorded in metrics.json."""
         # How a run is driven (resumed, stopped early, which folder) does not change what it computes.
         spec = self.model_dump(mode="json", exclude={"train": {"resume", "stop_after_steps"}, "output": True})
+        # The moved keys hash at their old place (defaults where the section is absent), so a run recorded before
+        # the move keeps its recipe hash.
+        sections = {"classification": ClassificationConfig, "seq2seq": Seq2SeqConfig}
+        for (_, key), new_path in MOVED_KEYS.items():
+            section, field = new_path.split(".")
+            values = spec.get(section) or {}
+            spec["data"][key] = values[field] if field in values else sections[section].model_fields[field].default
+        for section in sections:
+            spec.pop(section, None)
         blob = json.dumps(spec, sort_keys=True).encode()
         return "sha256:" + hashlib.sha256(blob).hexdigest()[:16]
 
@@ -306,6 +340,8 @@ def _format_error(err: dict, raw: dict) -> str:
     loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-after")))
     path = ".".join(str(p) for p in loc) or "recipe"
     value = err.get("input")
+    if err["type"] == "extra_forbidden" and tuple(str(p) for p in loc) in MOVED_KEYS:
+        return f"{path}: moved; did you mean '{MOVED_KEYS[tuple(str(p) for p in loc)]}'?"
     if err["type"] == "extra_forbidden":
         known = _fields_at(Recipe, loc)
         close = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.6)
@@ -386,6 +422,30 @@ def build_recipe(raw: dict, overrides: list[str] | None = None, *, origin: str =
         raise TuneforgeError(f"{origin}: {len(lines)} problem(s):\n  " + "\n  ".join(lines)) from None
 
 
+def read_yaml_file(path: Path, subject: str) -> Any:
+    """Parse a YAML file that exists, with one clear error for text that is not UTF-8 or not YAML.
+
+    Args:
+        path: the file (its existence is checked by the caller, whose message names what the file is for).
+        subject: the start of each error message, naming the file, e.g. "recipe 'r.yaml':" or
+            "--launch-config: 'c.yaml' is".
+
+    Returns:
+        The parsed document (any YAML value; the caller checks its shape).
+
+    Raises:
+        TuneforgeError: the file is not UTF-8 text or not valid YAML.
+    """
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise TuneforgeError(
+            f"{subject} not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8"
+        ) from None
+    except yaml.YAMLError as exc:
+        raise TuneforgeError(f"{subject} not valid YAML: {exc}") from None
+
+
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     """Read a recipe YAML file and apply `section.key=value` overrides.
 
@@ -398,12 +458,5 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         raise TuneforgeError(f"recipe {str(path)!r} is a folder; give a recipe file, e.g. {', '.join(inside)}")
     if not path.is_file():
         raise TuneforgeError(f"recipe {str(path)!r}: no such file; recipes live under recipes/ (e.g. recipes/gpt/)")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as exc:
-        raise TuneforgeError(
-            f"recipe {str(path)!r}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8"
-        ) from None
-    except yaml.YAMLError as exc:
-        raise TuneforgeError(f"recipe {str(path)!r}: not valid YAML: {exc}") from None
+    raw = read_yaml_file(path, f"recipe {str(path)!r}:")
     return build_recipe(raw, overrides, origin=str(path))

@@ -90,7 +90,9 @@ def _tokenized_cache_key(task: Task, rows: datasets.Dataset, tokenizer, recipe: 
     parts = [
         task.name, split, sources.fingerprint(rows), hashlib.sha256(b"\n".join(task_code)).hexdigest(),
         hashlib.sha256(json.dumps(tokenizer_state, default=str).encode()).hexdigest(),
-        recipe.data.model_dump(mode="json"), recipe.chat.model_dump(mode="json") if recipe.chat else None,
+        recipe.data.model_dump(mode="json"),
+        *(section.model_dump(mode="json") if section else None
+          for section in (recipe.chat, recipe.classification, recipe.seq2seq)),
         recipe.train.seed, versions(),
     ]
     return f"{task.name}-{split}-{data_lib.cache_key(*parts)}"

@@ -12,12 +12,11 @@ import difflib
 from pathlib import Path
 
 import torch
-import yaml
 
 from pipelines import checks
 from pipelines.errors import TuneforgeError
 from pipelines.preflight import Report, check_recipe
-from pipelines.recipe import LaunchConfigNotRecipe, Recipe, is_launch_config, load_recipe
+from pipelines.recipe import LaunchConfigNotRecipe, Recipe, is_launch_config, load_recipe, read_yaml_file
 
 __all__ = ["Report", "check_launch", "check_recipe", "load_launch_config", "validate_many",
            "world_size"]
@@ -32,14 +31,7 @@ def load_launch_config(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise TuneforgeError(f"--launch-config: {str(path)!r} does not exist; see recipes/accelerate/")
-    try:
-        cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as exc:
-        raise TuneforgeError(
-            f"--launch-config: {str(path)!r} is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8"
-        ) from None
-    except yaml.YAMLError as exc:
-        raise TuneforgeError(f"--launch-config: {str(path)!r} is not valid YAML: {exc}") from None
+    cfg = read_yaml_file(path, f"--launch-config: {str(path)!r} is")
     if not isinstance(cfg, dict) or not is_launch_config(cfg):
         recipe_like = isinstance(cfg, dict) and "task" in cfg
         hint = " (it is a tuneforge recipe; give it before --launch-config)" if recipe_like else ""

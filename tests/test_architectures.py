@@ -82,7 +82,7 @@ def raw_recipe(arch: tiny_hub.Arch, base: Path, data: Path, out: Path) -> dict:
         "task": arch.task,
         "model": {"base": str(base)},
         "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "auto"},
-        "data": {"source": str(data), "columns": columns, "max_length": 48, "target_max_length": 16,
+        "data": {"source": str(data), "columns": columns, "max_length": 48,
                  "validation_limit": 4, "test_limit": 6},
         "train": {"max_steps": 3, "micro_batch_size": 4, "learning_rate": LR, "log_every": 1, "save_every": 0},
         "eval": {"batch_size": 8, "score_base": False, "generation": {"max_new_tokens": MAX_NEW}},
@@ -93,6 +93,7 @@ def raw_recipe(arch: tiny_hub.Arch, base: Path, data: Path, out: Path) -> dict:
         raw["data"]["max_length"] = 96
     if arch.task == "seq2seq":
         raw["eval"]["metrics"] = ["rouge"]
+        raw["seq2seq"] = {"target_max_length": 16}
     return raw
 
 

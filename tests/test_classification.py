@@ -128,9 +128,10 @@ def _splits(train: list, test: list, validation: list | None = None, texts: dict
     )
 
 
-def _recipe(**data_kw):
+def _recipe(**settings):
     return build_recipe({"task": "classification", "model": {"base": "builtin:minilm-l6"},
-                         "data": {"source": "x.jsonl", "columns": {"text": "text", "label": "label"}, **data_kw}})
+                         "data": {"source": "x.jsonl", "columns": {"text": "text", "label": "label"}},
+                         "classification": settings})
 
 
 def test_label_set_by_frequency_then_name_with_top_k_and_other():
@@ -180,7 +181,8 @@ def test_class_label_feature_gives_names():
         (_splits([0.5, 1.5], [0.5]), {}, "all strings or all integers"),
         (_splits(["a", "b", None], ["a"]), {}, "have no label"),
         (_splits(["a", "b"], ["a"], texts={"test": ["  "]}), {}, "empty or not text"),
-        (_splits(["a", "b", "c"], ["a"]), {"num_labels": 2}, "data.num_labels: 2, but the training split gives 3"),
+        (_splits(["a", "b", "c"], ["a"]), {"num_labels": 2},
+         "classification.num_labels: 2, but the training split gives 3"),
         (_splits(["a", "a"], ["a"]), {}, "at least 2"),
         (_splits(["a", "b", "c"], ["c"]), {"top_k_labels": 2}, "no test rows are left"),
     ],

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from pipelines.errors import TuneforgeError
-from pipelines.recipe import build_recipe, load_recipe, parse_overrides
+from pipelines.recipe import MOVED_KEYS, build_recipe, load_recipe, parse_overrides
 from pipelines.validate import validate_many
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,6 +28,46 @@ def test_all_problems_reported_together_with_did_you_mean():
     assert "lora.rank: unknown key" in msg and "r, alpha" in msg
     assert "train.learning_rate: Input should be greater than 0 (got -1)" in msg
     assert "eval.batch_size" in msg
+
+
+OLD_VALUES = {"top_k_labels": 20, "other_labels": "other", "class_weights": "balanced", "num_labels": 2,
+              "target_max_length": 32}
+
+
+@pytest.mark.parametrize("task", ["classification", "seq2seq"])
+def test_every_moved_key_is_rejected_at_its_old_place_with_the_new_one(task, tmp_path):
+    assert {key for _, key in MOVED_KEYS} == set(OLD_VALUES)
+    raw = {**MINIMAL, "task": task, "data": {**MINIMAL["data"], **OLD_VALUES}}
+    with pytest.raises(TuneforgeError) as err:
+        build_recipe(raw)
+    msg = str(err.value)
+    assert f"{len(OLD_VALUES)} problem(s)" in msg
+    for key, section in [("top_k_labels", "classification"), ("other_labels", "classification"),
+                         ("class_weights", "classification"), ("num_labels", "classification"),
+                         ("target_max_length", "seq2seq")]:
+        assert f"data.{key}: moved; did you mean '{section}.{key}'?" in msg
+    # The same through an override and through the CLI (exit 2, one line per key, no traceback).
+    with pytest.raises(TuneforgeError, match=r"data\.num_labels: moved; did you mean 'classification\.num_labels'\?"):
+        build_recipe({**MINIMAL, "task": task}, ["data.num_labels=2"])
+    path = tmp_path / "old.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "validate", str(path)], capture_output=True,
+                          text=True, cwd=ROOT)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "data.target_max_length: moved; did you mean 'seq2seq.target_max_length'?" in proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_moved_keys_work_in_their_task_section_only():
+    recipe = build_recipe({**MINIMAL, "task": "classification", "classification": {"num_labels": 3}})
+    assert recipe.classification.num_labels == 3 and recipe.classification.other_labels == "drop"
+    recipe = build_recipe({**MINIMAL, "task": "seq2seq", "seq2seq": {"target_max_length": 12}})
+    assert recipe.seq2seq.target_max_length == 12
+    with pytest.raises(TuneforgeError, match=r"seq2seq: only used with task: seq2seq \(task is 'causal_lm'\)"):
+        build_recipe({**MINIMAL, "seq2seq": {"target_max_length": 12}})
+    # A setting in its task's section still defines the run: it counts in the recipe hash.
+    moved = build_recipe({**MINIMAL, "task": "classification", "classification": {"top_k_labels": 5}})
+    assert moved.hash() != build_recipe({**MINIMAL, "task": "classification"}).hash()
 
 
 def test_overrides_are_typed_and_nested():

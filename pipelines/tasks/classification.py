@@ -4,9 +4,9 @@ Roles: `text` (one column), optional `text_pair` (a second column, encoded as th
 e.g. `[CLS] text [SEP] pair [SEP]` for BERT) and `label`.
 
 The label set comes from the TRAINING split only (`prepare`): labels sorted by training frequency, ties by name;
-`data.top_k_labels` keeps the K most frequent and `data.other_labels` drops the rest or maps them to one extra
-class `other`. Labels of validation/test rows that are not in the label set (outside the top K, or never seen in
-training) are counted and logged, then dropped or mapped to `other` (when that class exists) -- never a crash
+`classification.top_k_labels` keeps the K most frequent and `classification.other_labels` drops the rest or maps them
+to one extra class `other`. Labels of validation/test rows that are not in the label set (outside the top K, or never
+seen in training) are counted and logged, then dropped or mapped to `other` (when that class exists) -- never a crash
 and never a silently wrong index. Ids are stored in a `label_id` column; `id2label`/`label2id` go into the model
 config, which `on_save` writes next to a LoRA adapter so the run loads with plain transformers + peft.
 
@@ -33,7 +33,7 @@ from pipelines.recipe import Recipe
 from pipelines.runtime import unwrap
 from pipelines.scoring import ScoreContext, Scored, sorted_loader
 from pipelines.tasks import Task
-from pipelines.tasks.labels import LABEL_ID, OTHER, label_set, map_labels, role_column
+from pipelines.tasks.labels import LABEL_ID, OTHER, label_set, map_labels, role_column, settings
 
 logger = logging.getLogger(__name__)
 
@@ -100,9 +100,9 @@ def balanced_weights(label_ids: list[int]) -> dict[int, float]:
 
 def tokenize(rows: datasets.Dataset, tokenizer, recipe: Recipe, split: str) -> datasets.Dataset:
     """Rows (with `label_id` from `prepare`) -> `input_ids`, [`token_type_ids`], `labels`, `length` and, for the
-    training split with `data.class_weights: balanced`, `weight` (see `balanced_weights`)."""
+    training split with `classification.class_weights: balanced`, `weight` (see `balanced_weights`)."""
     text_col, pair_col = role_column(recipe, "text"), role_column(recipe, "text_pair")
-    balanced = recipe.data.class_weights == "balanced" and split == "train"
+    balanced = settings(recipe).class_weights == "balanced" and split == "train"
     weights = balanced_weights(list(rows[LABEL_ID])) if balanced else None
 
     def fn(batch: dict) -> dict:

@@ -10,18 +10,30 @@ from collections import Counter
 import datasets
 
 from pipelines.errors import TuneforgeError
-from pipelines.recipe import Recipe
+from pipelines.recipe import ClassificationConfig, Recipe
 
 logger = logging.getLogger("pipelines.tasks.classification")
 
 LABEL_ID = "label_id"  # the column `prepare` adds to every split: the example's class id
-OTHER = "other"  # the extra class that labels outside the top K map to when data.other_labels is "other"
+OTHER = "other"  # the extra class that labels outside the top K map to when classification.other_labels is "other"
 _LABEL_TYPES = (str, int, bool)
 _SHOWN = 5  # how many offending rows / labels an error or log line names
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Columns and labels
+
+
+def settings(recipe: Recipe) -> ClassificationConfig:
+    """The recipe's `classification:` section, or its defaults when the recipe has none.
+
+    Args:
+        recipe: a classification recipe.
+
+    Returns:
+        The label and class-weight settings.
+    """
+    return recipe.classification if recipe.classification is not None else ClassificationConfig()
 
 
 def role_column(recipe: Recipe, role: str) -> str | None:
@@ -99,8 +111,8 @@ def label_set(train_labels: list, top_k: int | None, other_labels: str) -> tuple
     with_other = other_labels == "other" and len(kept) < len(ranked)
     if with_other and OTHER in {str(v) for v in kept}:
         raise TuneforgeError(
-            f"data.other_labels: the data already has a label {OTHER!r} among the top {top_k}; merging other "
-            "labels into it would be ambiguous; set data.other_labels=drop or rename that label"
+            f"classification.other_labels: the data already has a label {OTHER!r} among the top {top_k}; merging "
+            "other labels into it would be ambiguous; set classification.other_labels=drop or rename that label"
         )
     if len(kept) + with_other < 2:
         raise TuneforgeError(
@@ -114,7 +126,7 @@ def map_labels(recipe: Recipe, data: datasets.DatasetDict) -> tuple[datasets.Dat
     """Validate texts and labels, build the label set from the training split, add a `label_id` column.
 
     Args:
-        recipe: uses data.columns (text, text_pair, label), data.top_k_labels, data.other_labels, data.num_labels.
+        recipe: uses data.columns (text, text_pair, label), classification.top_k_labels, other_labels, num_labels.
         data: raw "train", "validation", "test" rows.
 
     Returns:
@@ -124,9 +136,9 @@ def map_labels(recipe: Recipe, data: datasets.DatasetDict) -> tuple[datasets.Dat
 
     Raises:
         TuneforgeError: empty texts, missing or mixed-type labels, fewer than 2 classes, a split left empty,
-            or data.num_labels disagreeing with the label set.
+            or classification.num_labels disagreeing with the label set.
     """
-    cfg = recipe.data
+    cfg = settings(recipe)
     text_col, pair_col = role_column(recipe, "text"), role_column(recipe, "text_pair")
     label_col = role_column(recipe, "label")
     values = {}
@@ -145,9 +157,9 @@ def map_labels(recipe: Recipe, data: datasets.DatasetDict) -> tuple[datasets.Dat
     names = [str(v) for v in kept] + ([OTHER] if with_other else [])
     if cfg.num_labels is not None and cfg.num_labels != len(names):
         raise TuneforgeError(
-            f"data.num_labels: {cfg.num_labels}, but the training split gives {len(names)} classes "
-            f"({names[:_SHOWN]}{', ...' if len(names) > _SHOWN else ''}); set data.num_labels={len(names)} or "
-            "data.top_k_labels to the number of classes wanted"
+            f"classification.num_labels: {cfg.num_labels}, but the training split gives {len(names)} classes "
+            f"({names[:_SHOWN]}{', ...' if len(names) > _SHOWN else ''}); set "
+            f"classification.num_labels={len(names)} or classification.top_k_labels to the number of classes wanted"
         )
     ids = {v: i for i, v in enumerate(kept)}
     other_id = len(kept) if with_other else None
@@ -173,7 +185,7 @@ def map_labels(recipe: Recipe, data: datasets.DatasetDict) -> tuple[datasets.Dat
         if not keep:
             raise TuneforgeError(
                 f"data: no {split} rows are left after dropping labels outside the {len(names)} classes; "
-                "raise data.top_k_labels or set data.other_labels=other"
+                "raise classification.top_k_labels or set classification.other_labels=other"
             )
         if len(keep) < len(mapped):
             ds, mapped = ds.select(keep), [mapped[i] for i in keep]

@@ -26,7 +26,7 @@ from pipelines import checks
 from pipelines.batching import IGNORE, PAD_MULTIPLE, right_pad
 from pipelines.errors import TuneforgeError
 from pipelines.generation import decode, generate_ids
-from pipelines.recipe import Recipe
+from pipelines.recipe import Recipe, Seq2SeqConfig
 from pipelines.runtime import is_main_process
 from pipelines.scoring import ScoreContext, Scored, example_losses, loss_evidence
 from pipelines.tasks import Task
@@ -39,6 +39,18 @@ DEFAULT_METRICS = ("rouge", "bleu", "chrf")
 HEADLINE = {"rouge": "rougeL", "bleu": "bleu", "chrf": "chrf"}
 # ROUGE with Porter stemming, as in the CNN/DailyMail and XSum literature and HF's summarization examples.
 METRIC_KWARGS = {"rouge": {"use_stemmer": True}}
+
+
+def settings(recipe: Recipe) -> Seq2SeqConfig:
+    """The recipe's `seq2seq:` section, or its defaults when the recipe has none.
+
+    Args:
+        recipe: a seq2seq recipe.
+
+    Returns:
+        The target-side settings.
+    """
+    return recipe.seq2seq if recipe.seq2seq is not None else Seq2SeqConfig()
 
 
 def column(recipe: Recipe, role: str) -> str:
@@ -79,9 +91,10 @@ def check_lengths(recipe: Recipe, positions: int | None) -> None:
         return
     problems = [p for p in [checks.max_length_problem(recipe.data.max_length, positions,
                                                       " (longer sources are truncated and counted)")] if p]
-    if recipe.task == "seq2seq" and recipe.data.target_max_length > positions:
-        problems.append(f"data.target_max_length: {recipe.data.target_max_length} exceeds the model's {positions} "
-                        f"positions; set data.target_max_length<={positions}")
+    target_max_length = settings(recipe).target_max_length
+    if recipe.task == "seq2seq" and target_max_length > positions:
+        problems.append(f"seq2seq.target_max_length: {target_max_length} exceeds the model's {positions} "
+                        f"positions; set seq2seq.target_max_length<={positions}")
     gen = recipe.eval.generation
     if recipe.task == "seq2seq" and recipe.eval.generate and gen.max_new_tokens + 1 > positions:
         problems.append(f"eval.generation.max_new_tokens: {gen.max_new_tokens} new tokens after the decoder start "
@@ -151,12 +164,12 @@ def tokenize(rows: datasets.Dataset, tokenizer, recipe: Recipe, split: str) -> d
     data = recipe.data
     src, tgt = column(recipe, "source"), column(recipe, "target")
     input_ids, labels, cut_src, cut_tgt = tokenize_pairs(
-        tokenizer, list(rows[src]), list(rows[tgt]), data.max_length, data.target_max_length
+        tokenizer, list(rows[src]), list(rows[tgt]), data.max_length, settings(recipe).target_max_length
     )
     if (cut_src or cut_tgt) and is_main_process():
         logger.warning(
-            "%s: truncated %d of %d sources to data.max_length=%d and %d targets to data.target_max_length=%d",
-            split, cut_src, len(rows), data.max_length, cut_tgt, data.target_max_length,
+            "%s: truncated %d of %d sources to data.max_length=%d and %d targets to seq2seq.target_max_length=%d",
+            split, cut_src, len(rows), data.max_length, cut_tgt, settings(recipe).target_max_length,
         )
     # `length` orders length-grouped batches: the longer side decides how much a pair pads (source or target).
     lengths = [max(len(s), len(t)) for s, t in zip(input_ids, labels, strict=True)]
