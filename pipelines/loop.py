@@ -23,7 +23,7 @@ from pipelines import checkpoints, distributed, failures, flops, modeling, runs
 from pipelines.batching import StepBatches, accumulation_steps, pad_multiple
 from pipelines.build import Prepared, build, lr_lambda, make_optimizer
 from pipelines.errors import TuneforgeError
-from pipelines.meter import Meter, utilisation
+from pipelines.meter import Meter, reset_peak_memory, utilisation
 from pipelines.preflight import preflight
 from pipelines.recipe import Recipe
 from pipelines.record import RunRecord, TrainStats, scored_fields, write_json, write_result
@@ -73,6 +73,7 @@ def train(recipe: Recipe, run_dir: Path, *, overwrite: bool = False, launch: str
     """
     failures.check_output_dir(run_dir)
     accelerator = make_accelerator(run_dir)
+    reset_peak_memory(accelerator.device)  # this run's peak, not that of an earlier run in the same process
     distributed.check_processes(accelerator)
     distributed.check_accumulation(accelerator, accumulation_steps(recipe.train, accelerator.num_processes))
     preflight(recipe)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import resource
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 
@@ -97,6 +98,23 @@ def utilisation(accelerator, model_flops: float, seconds: float) -> dict[str, fl
     rate = total / max(seconds, 1e-9)
     return {"model_flops": total, "model_flops_per_s": rate, "matmul_flops_per_s": peak,
             "mfu": rate / (peak * accelerator.num_processes)}
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start counting this run's peak memory now.
+
+    A process can run several runs one after another (the main job calls `train` for every recipe in one process),
+    and the peak of an earlier, larger run must not be reported as a later run's. CUDA: the allocator's peak stats
+    are reset. CPU on Linux: writing "5" to /proc/self/clear_refs resets the kernel's peak resident set size
+    (VmHWM, which `getrusage`'s ru_maxrss reports; proc(5), Linux >= 4.0). Elsewhere nothing is reset.
+    """
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:  # not Linux, or /proc not writable: the peak then covers the whole process
+        pass
 
 
 def peak_memory_mb(device: torch.device) -> float:

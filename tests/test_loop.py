@@ -139,3 +139,20 @@ def test_a_folder_that_is_not_a_run_is_never_deleted(pretrained, corpus, tmp_pat
     with pytest.raises(TuneforgeError, match="not a tuneforge run"):
         loop.train(build_recipe(raw), folder)
     assert (folder / "notes.txt").read_text() == "keep me"
+
+
+def test_peak_memory_is_counted_per_run():
+    """The main job trains every recipe in one process: a run's peak must not be an earlier, larger run's."""
+    import sys
+
+    from pipelines.meter import peak_memory_mb, reset_peak_memory
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the CPU peak is reset through /proc/self/clear_refs (Linux)")
+    cpu = torch.device("cpu")
+    big = torch.ones(384 * 2**20 // 4)  # 384 MiB resident
+    big.add_(1)
+    before = peak_memory_mb(cpu)
+    del big
+    reset_peak_memory(cpu)
+    assert peak_memory_mb(cpu) < before - 300
