@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job: install (first time), then pretrain, finetune, evaluate and compare every built-in recipe on this
-# machine's offline data, writing runs/ and runs/compare.html. About 18 minutes on 2 CPU cores (measured: 17.6).
+# machine's offline data, writing runs/ and runs/compare.html. About 21 minutes on 2 CPU cores (measured 20.3).
 set -euo pipefail
 cd "$(dirname "$0")"
 bash scripts/setup.sh
