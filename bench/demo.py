@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -119,10 +120,25 @@ SETTLED = """([selector, before]) => {
 }"""
 
 
+def _open_page(playwright, timeout_ms: int):
+    """Debian's headless Chromium (no sandbox as root, no background network) and one 1280x900 page.
+
+    Returns:
+        (browser, page); close the browser when done.
+    """
+    browser = playwright.chromium.launch(
+        executable_path=shutil.which("chromium") or "/usr/bin/chromium",
+        args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+              "--no-first-run", "--disable-sync"],
+    )
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.set_default_timeout(timeout_ms)
+    return browser, page
+
+
 def browser_views(runs_dir: Path, runs: list[str], shots: Path) -> dict:
     """Seconds from clicking each Inspect view's button to its result on screen, per run, in headless Chromium."""
     import re
-    import shutil
     import socket
 
     from playwright.sync_api import sync_playwright
@@ -138,12 +154,7 @@ def browser_views(runs_dir: Path, runs: list[str], shots: Path) -> dict:
     out = {}
     try:
         with sync_playwright() as p:
-            browser = p.chromium.launch(
-                executable_path=shutil.which("chromium") or "/usr/bin/chromium",
-                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                      "--disable-component-update", "--no-first-run", "--disable-sync"])  # fmt: skip
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.set_default_timeout(120_000)
+            browser, page = _open_page(p, timeout_ms=120_000)
             page.goto(url)
             page.locator("#header").wait_for()
             page.get_by_role("tab", name="Inspect").click()
@@ -176,7 +187,6 @@ def side_by_side_shot(runs_dir: Path, run: str, question: str, shot: Path) -> di
     """The Side by side tab for `run` in headless Chromium: both answers, the seconds until both are on screen, and
     a screenshot of the page saved as `shot`."""
     import re
-    import shutil
     import socket
 
     from playwright.sync_api import sync_playwright
@@ -193,12 +203,8 @@ def side_by_side_shot(runs_dir: Path, run: str, question: str, shot: Path) -> di
     shot.parent.mkdir(parents=True, exist_ok=True)
     try:
         with sync_playwright() as p:
-            browser = p.chromium.launch(
-                executable_path=shutil.which("chromium") or "/usr/bin/chromium",
-                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                      "--disable-component-update", "--no-first-run", "--disable-sync"])  # fmt: skip
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.set_default_timeout(600_000)  # two 135M-parameter models loading on a busy 2-core CPU
+            # two 135M-parameter models loading on a busy 2-core CPU
+            browser, page = _open_page(p, timeout_ms=600_000)
             page.goto(url)
             page.locator("#header").wait_for()
             page.get_by_role("tab", name="Side by side").click()
