@@ -66,6 +66,18 @@ def tiny_lora_raw(corpus: Path, out_dir: Path, base: Path, name: str, **train) -
     }
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for modules of tiny models: a second thread only adds synchronisation (and stalls on a
+    busy CPU). Use with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def corpus(tmp_path_factory) -> Path:
     return write_corpus(tmp_path_factory.mktemp("data") / "corpus.jsonl")

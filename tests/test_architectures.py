@@ -46,13 +46,7 @@ MAX_NEW = 6
 LR = 2e-2
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Hidden size 32: a second intra-op thread only adds synchronisation (and stalls on a busy CPU)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.one_thread
 
 
 def write_data(path: Path, n: int = 96) -> Path:

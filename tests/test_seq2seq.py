@@ -21,13 +21,7 @@ from pipelines.tasks.seq2seq import IGNORE
 WORDS = "the a cat dog sat ran on under mat tree big small red blue quickly slowly and".split()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Models of hidden size 32 gain nothing from intra-op threads; on a busy 2-core host they lose a lot."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.one_thread
 
 
 @pytest.fixture(scope="module")
