@@ -19,7 +19,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
-from pipelines import checkpoints, distributed, failures, flops, modeling, runs
+from pipelines import checkpoints, distributed, failures, flops, modeling, runs, selection
 from pipelines.batching import StepBatches, accumulation_steps, pad_multiple
 from pipelines.build import Prepared, build, lr_lambda, make_optimizer
 from pipelines.errors import TuneforgeError
@@ -152,6 +152,8 @@ class Fitted:
     last_loss: float
     base_scores: dict | None
     stopped_at: int | None = None  # train.stop_after_steps ended the run before max_steps
+    keeper: selection.Keeper | None = None  # train.select_best / early_stopping_patience: the best step's state
+    steps: int | None = None  # optimizer steps trained (fewer than max_steps when stopped early)
 
 
 def fit(prep: Prepared, recipe: Recipe, run_dir: Path, accelerator: Accelerator, mode: str) -> Fitted:
@@ -173,6 +175,9 @@ def fit(prep: Prepared, recipe: Recipe, run_dir: Path, accelerator: Accelerator,
     )
     model, optimizer = accelerator.prepare(prep.model, optimizer)
     accelerator.register_for_checkpointing(scheduler)
+    keeper = selection.Keeper.for_run(recipe, accelerator)
+    if keeper is not None:  # the best weights and the patience count go into every checkpoint
+        accelerator.register_for_checkpointing(keeper)
     features = prep.features["train"]
     batches = StepBatches(
         features["length"], cfg.micro_batch_size, accumulation_steps(cfg, accelerator.num_processes),
@@ -194,8 +199,11 @@ def fit(prep: Prepared, recipe: Recipe, run_dir: Path, accelerator: Accelerator,
     collate = partial(prep.task.collate, tokenizer=prep.tokenizer, recipe=recipe,
                       pad_to_multiple_of=pad_multiple(device))
     spec = flops.flop_spec(accelerator.unwrap_model(model))
+    done = start_step
     with no_kv_cache(accelerator.unwrap_model(model)):
         for step in range(start_step, stop_at):
+            if keeper is not None and keeper.stopped_at is not None:
+                break  # resumed from the checkpoint written when early stopping ended the run
             t0 = time.perf_counter()
             micro = [collate([features[i] for i in b]) for b in batches.for_step(step)]
             accumulate_gradients(prep.task, model, accelerator, micro, meter, spec, log_sums)
@@ -210,17 +218,20 @@ def fit(prep: Prepared, recipe: Recipe, run_dir: Path, accelerator: Accelerator,
             if done % cfg.log_every == 0 or done == stop_at:
                 last_loss = log_step(run_dir, accelerator, log_sums, done, scheduler.get_last_lr()[0], meter)
                 bar.set_postfix(loss=f"{last_loss:.4f}")
-            if cfg.eval_every and done % cfg.eval_every == 0 and done != cfg.max_steps:
-                val = validation_loss(prep, recipe, accelerator, model)
-                if main:
-                    runs.append_log(run_dir, {"step": done, **val})
-                    accelerator.log({"eval/loss": val["eval_loss"]}, step=done)
-            if (cfg.save_every and done % cfg.save_every == 0) or done == stop_at:
+            early_stop = False
+            # The last step is a candidate only when selecting (finish scores the final model anyway).
+            if cfg.eval_every and done % cfg.eval_every == 0 and (done != cfg.max_steps or keeper is not None):
+                early_stop = selection.evaluate(prep, recipe, accelerator, model, run_dir, done, keeper)
+            if (cfg.save_every and done % cfg.save_every == 0) or done == stop_at or early_stop:
                 state = {"meter": meter.state_dict(), "log_sums": log_sums.tolist(), "last_loss": last_loss}
                 with failures.writing(run_dir, needed=lambda: checkpoints.checkpoint_bytes(run_dir)):
                     checkpoints.save(accelerator, run_dir, done, cfg.keep_checkpoints, state)
+            if early_stop:
+                break
     bar.close()
-    return Fitted(model, meter, start_step, last_loss, base_scores, stop_at if stop_at < cfg.max_steps else None)
+    early = keeper is not None and keeper.stopped_at is not None
+    stopped = stop_at if stop_at < cfg.max_steps and not early else None
+    return Fitted(model, meter, start_step, last_loss, base_scores, stopped, keeper, done)
 
 
 def accumulate_gradients(task, model, accelerator: Accelerator, micro: list[dict], meter: Meter, spec,
@@ -331,6 +342,8 @@ def finish(prep: Prepared, recipe: Recipe, run_dir: Path, accelerator: Accelerat
     """
     mfu = utilisation(accelerator, fitted.meter.model_flops, fitted.meter.seconds)  # the matmul timed before scoring
     main = accelerator.is_main_process
+    if fitted.keeper is not None:  # train.select_best: model/ and the test scores are the best step's
+        fitted.keeper.restore(accelerator.unwrap_model(fitted.model))
     with checkpoints.atomic_dir(run_dir / "model") if main else contextlib.nullcontext() as model_dir:
         # Written aside and renamed when complete (a crash never leaves a half-written model/); gathered from
         # every rank first when sharded, and written by the main process only.
@@ -348,11 +361,12 @@ def finish(prep: Prepared, recipe: Recipe, run_dir: Path, accelerator: Accelerat
                         runs.versions()),
         base_scores=fitted.base_scores, validation=val,
         train=TrainStats(
-            steps=recipe.train.max_steps, **fitted.meter.summary(accelerator, mfu), final_loss=fitted.last_loss,
+            steps=fitted.steps, **fitted.meter.summary(accelerator, mfu), final_loss=fitted.last_loss,
             processes=accelerator.num_processes, mixed_precision=accelerator.mixed_precision,
             resumed_from_step=fitted.start_step or None,
         ),
         params=params, recipe_hash=recipe.hash(),
+        selection=fitted.keeper.summary(fitted.steps) if fitted.keeper is not None else None,
     )
     metrics = record.as_dict()
     if accelerator.is_main_process:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from pipelines import checks, modeling
+from pipelines import checks, modeling, selection
 from pipelines import data as data_lib
 from pipelines.errors import TuneforgeError
 from pipelines.recipe import Recipe
@@ -59,6 +59,7 @@ def check_recipe(recipe: Recipe) -> Report:
     report = Report()
     task = get_task(recipe.task)
     report.errors += checks.role_problems(recipe.task, task.roles, task.optional_roles, recipe.data.columns)
+    report.errors += selection.metric_problems(recipe, task)
     try:
         data_lib.check_source(recipe.data)
         for i, mix in enumerate(recipe.data.mix):

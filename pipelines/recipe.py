@@ -153,6 +153,10 @@ class GenerationSettings(_Section):
     top_p: float = Field(1.0, gt=0, le=1)
 
 
+# Model-selection keys of `train`, added after runs were recorded: left unset, they do not change a recipe's hash.
+SELECTION_KEYS = ("validation_limit", "select_best", "early_stopping_patience")
+
+
 class TrainConfig(_Section):
     """Optimisation: AdamW with linear warmup then cosine/linear decay, clipping, accumulation, checkpoints."""
 
@@ -172,7 +176,19 @@ class TrainConfig(_Section):
     trainable: Literal["all", "head"] = Field("all", description="head: train only the task head (linear probe)")
     group_by_length: bool = True
     log_every: int = Field(10, ge=1)
-    eval_every: int = Field(0, ge=0, description="validation loss every N steps (0: at the end only)")
+    eval_every: int = Field(
+        0, ge=0, description="validation scores (loss and the task's metrics) every N steps (0: loss at the end only)"
+    )
+    validation_limit: int | None = Field(
+        None, ge=1, description="score only the first N validation rows at eval_every (the final scores use all)"
+    )
+    select_best: str | None = Field(
+        None, description="a validation metric (e.g. chrf, rougeL, macro_f1, perplexity): its best eval_every "
+                          "checkpoint becomes model/"
+    )
+    early_stopping_patience: int | None = Field(
+        None, ge=1, description="stop after N evaluations without improving select_best (else the loss)"
+    )
     save_every: int = Field(0, ge=0, description="Accelerate checkpoint every N steps (0: final only)")
     keep_checkpoints: int = Field(2, ge=1)
     resume: Literal["auto", "never"] = Field("never", description="auto: continue from the latest checkpoint")
@@ -237,6 +253,10 @@ class Recipe(_Section):
             problems.append("train.trainable: 'head' (linear probe) and a lora section exclude each other")
         if self.train.global_batch_size is not None and "gradient_accumulation_steps" in self.train.model_fields_set:
             problems.append("train: set global_batch_size or gradient_accumulation_steps, not both")
+        for key in ("select_best", "early_stopping_patience", "validation_limit"):
+            if getattr(self.train, key) is not None and not self.train.eval_every:
+                problems.append(f"train.{key}: needs validation during training; set train.eval_every (e.g. "
+                                f"train.eval_every={max(self.train.max_steps // 5, 1)})")
         for section, owner in TASK_SECTIONS.items():
             if getattr(self, section) is not None and self.task != owner:
                 problems.append(f"{section}: only used with task: {owner} (task is {self.task!r})")
@@ -276,6 +296,9 @@ class Recipe(_Section):
             spec["data"][key] = values[field] if field in values else sections[section].model_fields[field].default
         for section in sections:
             spec.pop(section, None)
+        for key in SELECTION_KEYS:  # unset, they hash as before they existed (earlier runs keep their hash)
+            if spec["train"].get(key) is None:
+                spec["train"].pop(key, None)
         blob = json.dumps(spec, sort_keys=True).encode()
         return "sha256:" + hashlib.sha256(blob).hexdigest()[:16]
 

@@ -76,6 +76,26 @@ class Params(_Part):
     total: int
 
 
+class Selection(_Part):
+    """Model selection on the validation split during training (`train.select_best`, `early_stopping_patience`)."""
+
+    metric: str
+    """the validation score that decides (`train.select_best`; "loss" for early stopping alone)"""
+    greater_is_better: bool
+    step: int | None = None
+    """the step whose model is model/ (and was scored on test): the best one with select_best, else the last"""
+    value: float | None = None
+    """`metric` on validation at `step` (select_best); what a sweep compares trials by"""
+    best_step: int | None = None
+    best_value: float | None = None
+    validation: dict[str, Any] | None = None
+    """every validation score at `best_step` (`eval_<metric>`, rows scored)"""
+    evaluations: int | None = None
+    early_stopping_patience: int | None = None
+    early_stopped_at_step: int | None = None
+    """the step where early stopping ended training; null when it ran to max_steps"""
+
+
 # Fields a finished record must have for compare and the demo to use it (besides scores).
 REQUIRED_WHEN_FINISHED = ("task", "primary_metric", "greater_is_better", "dataset")
 
@@ -109,6 +129,8 @@ class RunRecord(_Part):
     validation: dict[str, float] | None = None
     """final validation loss (and perplexity for token-level tasks)"""
     train: TrainStats | None = None
+    selection: Selection | None = None
+    """which checkpoint became model/ and why; null without select_best or early stopping"""
     params: Params | None = None
     seed: int | None = None
     recipe_hash: str | None = None
@@ -271,7 +293,8 @@ def document_fields() -> str:
     """The field table of docs/run-folder.md, generated from the models above (a test keeps the file in sync)."""
     parts = [BEGIN, "", "| field | type | what |", "|---|---|---|"]
     parts += _field_rows(RunRecord)
-    for key, model in (("dataset.", DatasetInfo), ("train.", TrainStats), ("params.", Params)):
+    for key, model in (("dataset.", DatasetInfo), ("train.", TrainStats), ("selection.", Selection),
+                       ("params.", Params)):
         parts += _field_rows(model, key)
     parts += ["", f"A finished record (schema {SCHEMA}) must have "
               f"{', '.join(f'`{k}`' for k in REQUIRED_WHEN_FINISHED)}, `dataset.name` and `dataset.split`; readers "

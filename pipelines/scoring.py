@@ -19,6 +19,29 @@ from torch.utils.data import DataLoader
 
 from pipelines.recipe import Recipe
 
+# The scores each generation metric module reports (eval/metrics: ROUGE F-measures; sacreBLEU corpus BLEU, chrF).
+GENERATION_SCORES = {"rouge": ("rouge1", "rouge2", "rougeL", "rougeLsum"), "bleu": ("bleu",), "chrf": ("chrf",)}
+# Scores where lower is better (nats per target, exp of it); every other score tuneforge reports (ROUGE, BLEU, chrF,
+# accuracy, F1, MCC) is better higher.
+LOWER_IS_BETTER = frozenset({"loss", "perplexity"})
+
+
+def generation_score_names(metrics: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """The score names that generation metric modules (`eval.metrics`) report, e.g. ("rouge",) -> rouge1 ... rougeLsum.
+
+    Args:
+        metrics: metric module names from `GENERATION_SCORES`.
+
+    Returns:
+        The scores in the order the modules are listed.
+    """
+    return tuple(name for metric in metrics for name in GENERATION_SCORES[metric])
+
+
+def greater_is_better(metric: str) -> bool:
+    """Whether a higher value of score `metric` is better (False for loss and perplexity)."""
+    return metric not in LOWER_IS_BETTER
+
 
 @dataclass
 class ScoreContext:

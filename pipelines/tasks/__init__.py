@@ -17,7 +17,7 @@ from typing import Any
 import datasets
 import torch
 
-from pipelines.tasks.names import TASK_NAMES, TASK_SECTIONS
+from pipelines.tasks.names import LOSS_SCORES, TASK_NAMES, TASK_SECTIONS
 
 __all__ = ["TASK_NAMES", "TASK_SECTIONS", "Task", "get_task", "registry"]
 
@@ -55,6 +55,8 @@ class Task:
             windows view shows.
         head_in_config: the model's head is sized from the run's config (labels), so its base loads with the
             run's config and its LoRA model card loads it that way.
+        metrics: (recipe) -> the scalar scores `score` reports under that recipe, which validation during training
+            logs and `train.select_best` may name; None: the loss scores (`names.LOSS_SCORES`).
     """
 
     name: str
@@ -79,6 +81,11 @@ class Task:
     scores_packed_windows: bool = False
     trains_on_windows: bool = False
     head_in_config: bool = False
+    metrics: Callable[[Any], tuple[str, ...]] | None = None
+
+    def metric_names(self, recipe) -> tuple[str, ...]:
+        """The scalar scores this task reports under `recipe` (see `metrics`)."""
+        return self.metrics(recipe) if self.metrics is not None else LOSS_SCORES
 
 
 

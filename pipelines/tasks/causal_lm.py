@@ -19,8 +19,16 @@ from transformers import AutoModelForCausalLM
 
 from pipelines.batching import IGNORE, PAD_MULTIPLE, right_pad
 from pipelines.recipe import Recipe
-from pipelines.scoring import ScoreContext, Scored, example_losses, loss_evidence, perplexity
+from pipelines.scoring import (
+    ScoreContext,
+    Scored,
+    example_losses,
+    generation_score_names,
+    loss_evidence,
+    perplexity,
+)
 from pipelines.tasks import Task
+from pipelines.tasks.names import LOSS_SCORES
 
 
 def _texts(rows: dict, role: str, recipe: Recipe) -> list[str]:
@@ -130,6 +138,21 @@ def num_targets(batch: dict[str, torch.Tensor]) -> int:
     return int((batch["labels"][:, 1:] != IGNORE).sum())
 
 
+def generates(recipe: Recipe) -> bool:
+    """Whether `score` also generates: with `eval.generate`, named `eval.metrics`, a prompt column, no packing.
+
+    Opt-in by naming the metrics: most causal-LM recipes are scored by perplexity alone, and tiny pretrained
+    models have fewer positions than prompt + the default eval.generation.max_new_tokens.
+    """
+    return bool(recipe.eval.generate and recipe.eval.metrics and "prompt" in recipe.data.columns
+                and not recipe.data.packing)
+
+
+def metrics(recipe: Recipe) -> tuple[str, ...]:
+    """The scalar scores `score` reports: loss and perplexity, plus the generation metrics' when it generates."""
+    return LOSS_SCORES + (generation_score_names(recipe.eval.metrics) if generates(recipe) else ())
+
+
 def score(ctx: ScoreContext) -> Scored:
     """Test perplexity; with a prompt column and `eval.metrics` (e.g. [rouge]), also those of generations.
 
@@ -145,10 +168,7 @@ def score(ctx: ScoreContext) -> Scored:
     scored = Scored(scores=perplexity(nll, n), settings={"perplexity": {"unit": "per token, nats -> exp"}},
                     evidence=loss_evidence(nll, n))
     recipe = ctx.recipe
-    # Opt-in by naming the metrics: most causal-LM recipes are scored by perplexity alone, and tiny pretrained
-    # models have fewer positions than prompt + the default eval.generation.max_new_tokens.
-    if not (recipe.eval.generate and recipe.eval.metrics and "prompt" in recipe.data.columns
-            and not recipe.data.packing):
+    if not generates(recipe):
         return scored
     bos = ctx.tokenizer.bos_token_id
     prompts = [p + "\n" for p in _texts(ctx.rows, "prompt", recipe)]
@@ -183,4 +203,5 @@ TASK = Task(
     score=score,
     scores_packed_windows=True,
     trains_on_windows=True,
+    metrics=metrics,
 )

@@ -43,7 +43,7 @@ from pipelines.errors import TuneforgeError
 from pipelines.generation import decode, generate_ids
 from pipelines.recipe import Recipe
 from pipelines.runtime import inner_model
-from pipelines.scoring import ScoreContext, Scored, example_losses, loss_evidence
+from pipelines.scoring import ScoreContext, Scored, example_losses, generation_score_names, loss_evidence
 from pipelines.tasks import Task, causal_lm
 from pipelines.tasks.chat_template import (
     CHATML_TEMPLATE,
@@ -63,6 +63,7 @@ from pipelines.tasks.chat_template import (
     set_stop_tokens,
     stop_token_ids,
 )
+from pipelines.tasks.names import LOSS_SCORES
 
 # The template helpers are part of this task's public face (tests, the demo and scoring call them as chat.X).
 __all__ = [
@@ -305,6 +306,16 @@ def first_answer_prompts(rows: datasets.Dataset, recipe: Recipe) -> tuple[list[l
     return prompts, references
 
 
+def generation_metrics(recipe: Recipe) -> tuple[str, ...]:
+    """The metric modules that score generated first answers: `eval.metrics`, or ROUGE."""
+    return tuple(recipe.eval.metrics) or ("rouge",)
+
+
+def metrics(recipe: Recipe) -> tuple[str, ...]:
+    """The scalar scores `score` reports: assistant-token loss and perplexity, plus those of generated answers."""
+    return LOSS_SCORES + (generation_score_names(generation_metrics(recipe)) if recipe.eval.generate else ())
+
+
 def score(ctx: ScoreContext) -> Scored:
     """Assistant-token perplexity of the test conversations, and ROUGE of generated first answers.
 
@@ -322,7 +333,7 @@ def score(ctx: ScoreContext) -> Scored:
     if not ctx.recipe.eval.generate:
         return Scored(scores=scores, settings=settings, evidence=loss_evidence(nll, n))
     gen = ctx.recipe.eval.generation
-    metrics = tuple(ctx.recipe.eval.metrics) or ("rouge",)
+    metrics = generation_metrics(ctx.recipe)
     messages, references = first_answer_prompts(ctx.rows, ctx.recipe)
     prompts = [build_prompt_ids(ctx.tokenizer, m, max_length=ctx.recipe.data.max_length) for m in messages]
     set_stop_tokens(ctx.accelerator.unwrap_model(ctx.model), ctx.tokenizer)
@@ -366,4 +377,5 @@ TASK = Task(
     generates=True,
     demo_feed="turn",
     check=check,
+    metrics=metrics,
 )

@@ -222,6 +222,15 @@ def test_log_probs(ctx: ScoreContext) -> torch.Tensor:
     return out
 
 
+# The scalar scores `score_log_probs` reports (`eval.metrics.classification_scores` plus the mean cross-entropy).
+METRICS = ("accuracy", "macro_f1", "weighted_f1", "micro_f1", "mcc", "loss")
+
+
+def metrics(recipe: Recipe) -> tuple[str, ...]:
+    """The scalar scores `score` reports (the same for every classification recipe)."""
+    return METRICS
+
+
 def score(ctx: ScoreContext) -> Scored:
     """Accuracy, macro/weighted F1, per-class precision/recall/F1 and mean cross-entropy on the test split.
 
@@ -315,4 +324,5 @@ TASK = Task(
     demo_feed="classify",
     throughput_unit="examples",
     head_in_config=True,
+    metrics=metrics,
 )

@@ -28,8 +28,9 @@ from pipelines.errors import TuneforgeError
 from pipelines.generation import decode, generate_ids
 from pipelines.recipe import Recipe, Seq2SeqConfig
 from pipelines.runtime import is_main_process
-from pipelines.scoring import ScoreContext, Scored, example_losses, loss_evidence
+from pipelines.scoring import ScoreContext, Scored, example_losses, generation_score_names, loss_evidence
 from pipelines.tasks import Task
+from pipelines.tasks.names import LOSS_SCORES
 
 logger = logging.getLogger(__name__)
 
@@ -226,6 +227,11 @@ def metric_names(recipe: Recipe) -> tuple[str, ...]:
     return tuple(recipe.eval.metrics) or DEFAULT_METRICS
 
 
+def metrics(recipe: Recipe) -> tuple[str, ...]:
+    """The scalar scores `score` reports: reference loss and perplexity, plus the generation metrics' scores."""
+    return LOSS_SCORES + (generation_score_names(metric_names(recipe)) if recipe.eval.generate else ())
+
+
 def check_generation(model, recipe: Recipe) -> None:
     """The loaded model's position table must hold the start token plus `max_new_tokens`.
 
@@ -292,4 +298,5 @@ TASK = Task(
     prepare=prepare,
     generates=True,
     demo_feed="source",
+    metrics=metrics,
 )
