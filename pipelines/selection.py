@@ -152,7 +152,7 @@ class Keeper:
                                 for name, p in model.named_parameters() if p.requires_grad}
         else:
             self.since_best += 1
-        if self.patience is not None and self.since_best >= self.patience:
+        if self.stopped_at is None and self.patience is not None and self.since_best >= self.patience:
             self.stopped_at = step
         return self.stopped_at is not None
 
