@@ -219,8 +219,9 @@ def fit(prep: Prepared, recipe: Recipe, run_dir: Path, accelerator: Accelerator,
                 last_loss = log_step(run_dir, accelerator, log_sums, done, scheduler.get_last_lr()[0], meter)
                 bar.set_postfix(loss=f"{last_loss:.4f}")
             early_stop = False
-            # The last step is a candidate only when selecting (finish scores the final model anyway).
-            if cfg.eval_every and done % cfg.eval_every == 0 and (done != cfg.max_steps or keeper is not None):
+            # When selecting, the final model is a candidate too; otherwise finish scores it anyway.
+            final = done == cfg.max_steps
+            if cfg.eval_every and ((done % cfg.eval_every == 0 and not final) or (final and keeper is not None)):
                 early_stop = selection.evaluate(prep, recipe, accelerator, model, run_dir, done, keeper)
             if (cfg.save_every and done % cfg.save_every == 0) or done == stop_at or early_stop:
                 state = {"meter": meter.state_dict(), "log_sums": log_sums.tolist(), "last_loss": last_loss}

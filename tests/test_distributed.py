@@ -38,12 +38,19 @@ def assert_same_run(one: Path, two: Path, rtol: float = 1e-4):
 
 
 def test_causal_lm_two_processes_equal_one(corpus, tmp_path):
-    common = {"max_steps": 10, "micro_batch_size": 4, "log_every": 2}
+    # Validation perplexity at steps 4 and 8 and the final one, the best of them kept as model/.
+    common = {"max_steps": 10, "micro_batch_size": 4, "log_every": 2, "eval_every": 4, "select_best": "perplexity"}
     one = tiny_gpt_raw(corpus, tmp_path, "one", gradient_accumulation_steps=2, **common)
     two = tiny_gpt_raw(corpus, tmp_path, "two", **common)
     loop.train(build_recipe(one), tmp_path / "one")
     torchrun(two, tmp_path)
     assert_same_run(tmp_path / "one", tmp_path / "two")
+    evals = [[row for row in read_log(run) if "eval_loss" in row] for run in (tmp_path / "one", tmp_path / "two")]
+    assert [row["step"] for row in evals[1]] == [row["step"] for row in evals[0]] == [4, 8, 10]
+    for a, b in zip(*evals, strict=True):
+        assert b == pytest.approx(a, rel=1e-4)
+    selections = [json.loads((tmp_path / r / "metrics.json").read_text())["selection"] for r in ("one", "two")]
+    assert selections[1]["step"] == selections[0]["step"]
     a, b = load_file(tmp_path / "one/model/model.safetensors"), load_file(tmp_path / "two/model/model.safetensors")
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-3, atol=1e-5)

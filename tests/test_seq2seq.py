@@ -237,7 +237,17 @@ def runs(tmp_path_factory):
     pairs = _write_pairs(tmp_path_factory.mktemp("data") / "pairs.jsonl")
     loop.train(build_recipe(_pretrain_raw(_write_docs(pairs), out, "bart-tiny")), out / "bart-tiny")
     loop.train(build_recipe(_lora_raw(pairs, out / "bart-tiny", out, "bart-lora")), out / "bart-lora")
+    loop.train(build_recipe(_select_raw(pairs, out / "bart-tiny", out, "bart-select")), out / "bart-select")
     return out
+
+
+def _select_raw(pairs: Path, base: Path, out: Path, name: str, **train) -> dict:
+    """The LoRA recipe scored by chrF (then ROUGE) on 8 validation rows every 10 steps; the best chrF is kept. With a
+    constant learning rate chrF peaks before the last step (measured: step 50, 77.7 against 70.8 at step 60)."""
+    raw = _lora_raw(pairs, base, out, name, eval_every=10, select_best="chrf", validation_limit=8,
+                    lr_schedule="constant", **train)
+    raw["eval"].update(metrics=["chrf", "rouge"], score_base=False)
+    return raw
 
 
 def _log_losses(run_dir: Path) -> list[float]:
@@ -326,9 +336,9 @@ def test_two_processes_equal_one(tmp_path):
     docs = _write_docs(pairs)
     one = {"micro_batch_size": 4, "gradient_accumulation_steps": 2}
     loop.train(build_recipe(_pretrain_raw(docs, tmp_path, "pre1", **one)), tmp_path / "pre1")
-    loop.train(build_recipe(_lora_raw(pairs, tmp_path / "pre1", tmp_path, "lora1", **one)), tmp_path / "lora1")
+    loop.train(build_recipe(_select_raw(pairs, tmp_path / "pre1", tmp_path, "lora1", **one)), tmp_path / "lora1")
     torchrun(_pretrain_raw(docs, tmp_path, "pre2", micro_batch_size=4), tmp_path)
-    torchrun(_lora_raw(pairs, tmp_path / "pre2", tmp_path, "lora2", micro_batch_size=4), tmp_path)
+    torchrun(_select_raw(pairs, tmp_path / "pre2", tmp_path, "lora2", micro_batch_size=4), tmp_path)
     for a, b in (("pre1", "pre2"), ("lora1", "lora2")):
         m1, m2 = (json.loads((tmp_path / r / "metrics.json").read_text()) for r in (a, b))
         assert (m1["train"]["processes"], m2["train"]["processes"]) == (1, 2)
@@ -336,3 +346,59 @@ def test_two_processes_equal_one(tmp_path):
         assert m2["scores"] == pytest.approx(m1["scores"], rel=1e-5)
     predictions = [(tmp_path / r / "predictions.jsonl").read_text() for r in ("lora1", "lora2")]
     assert predictions[0] == predictions[1]
+    _assert_same_validation(tmp_path / "lora1", tmp_path / "lora2")
+
+
+def _assert_same_validation(one: Path, two: Path) -> None:
+    """The validation rows logged at eval_every (chrF, ROUGE, loss) and the chosen step agree across launches."""
+    rows = [[r for r in map(json.loads, (run / "log.jsonl").read_text().splitlines()) if "eval_loss" in r]
+            for run in (one, two)]
+    assert [r["step"] for r in rows[1]] == [r["step"] for r in rows[0]] == [10, 20, 30, 40, 50, 60]
+    for a, b in zip(*rows, strict=True):
+        assert set(a) == set(b) and b == pytest.approx(a, rel=1e-5)
+    m1, m2 = (json.loads((run / "metrics.json").read_text()) for run in (one, two))
+    assert m2["selection"]["step"] == m1["selection"]["step"]
+    assert m2["selection"]["value"] == pytest.approx(m1["selection"]["value"], rel=1e-5)
+    assert (m1["train"]["processes"], m2["train"]["processes"]) == (1, 2)
+
+
+def test_two_processes_log_the_same_validation_metrics(runs, tmp_path):
+    """The fixture's chrF-selected run (one process, micro-batch 8) against `torchrun --nproc_per_node 2` with
+    micro-batch 4 from the same base: the same validation scores at every eval_every step, the same best step."""
+    from conftest import torchrun
+
+    from pipelines.runs import load_run_recipe
+
+    pairs = Path(load_run_recipe(runs / "bart-select").data.source)
+    torchrun(_select_raw(pairs, runs / "bart-tiny", tmp_path, "select2", micro_batch_size=4), tmp_path)
+    _assert_same_validation(runs / "bart-select", tmp_path / "select2")
+
+
+def test_best_chrf_checkpoint_becomes_the_model(runs):
+    """chrF and ROUGE curves at eval_every on 8 validation rows; the best-chrF step's model is model/ (rescored from
+    disk it gives the logged validation chrF), scored once on test."""
+    from accelerate import Accelerator
+
+    from pipelines import data as data_lib
+    from pipelines import run_model as runs_lib
+    from pipelines.scoring import ScoreContext
+
+    run = runs / "bart-select"
+    rows = [r for r in map(json.loads, (run / "log.jsonl").read_text().splitlines()) if "eval_chrf" in r]
+    assert [r["step"] for r in rows] == [10, 20, 30, 40, 50, 60]
+    assert all({"eval_rougeL", "eval_rouge1", "eval_loss", "eval_perplexity"} <= set(r) for r in rows)
+    assert {(r["validation_rows"], r["validation_total"]) for r in rows} == {(8, 13)}
+    best = max(rows, key=lambda r: r["eval_chrf"])  # max() keeps the first of equal values, as the keeper does
+    assert best["step"] != 60 and best["eval_chrf"] > rows[-1]["eval_chrf"]  # the last model is not the best one
+    m = json.loads((run / "metrics.json").read_text())
+    assert (m["selection"]["metric"], m["selection"]["step"], m["selection"]["value"]) == (
+        "chrf", best["step"], best["eval_chrf"])
+    assert m["primary_metric"] == "chrf" and m["scores"]["chrf"] > 0 and m["dataset"]["split"] == "test"
+    assert m["base_scores"] is None  # the test split is scored once: for the chosen model only
+
+    recipe, task, model, tok = runs_lib.load_run_model(run)
+    data, _ = task.prepare(recipe, data_lib.load_data(recipe.data), tok)
+    rows8 = data["validation"].select(range(8))
+    ctx = ScoreContext(accelerator=Accelerator(cpu=True), model=model, tokenizer=tok, recipe=recipe, rows=rows8,
+                       features=task.tokenize(rows8, tok, recipe, "validation"), task=task, batch_size=3)
+    assert task.score(ctx).scores["chrf"] == pytest.approx(best["eval_chrf"], abs=1e-9)
