@@ -57,11 +57,13 @@ def confusion_matrix_png(
 
 
 def loss_curve_png(log_jsonl_path: str | Path, path: str | Path) -> Path:
-    """Plots training loss (and eval loss, when logged) against the optimizer step.
+    """Plots training loss (and eval loss, when logged) against the optimizer step; beside it, the validation
+    metrics logged at ``train.eval_every`` (``eval_<metric>`` other than the loss and its perplexity), with the step
+    model selection kept.
 
     Args:
         log_jsonl_path: a run's ``log.jsonl``: one JSON object per line with ``step`` and ``loss`` and/or
-            ``eval_loss`` (nats/token).
+            ``eval_loss`` (nats/token), eval lines also ``eval_chrf``, ``eval_rougeL``, ... and ``best_step``.
         path: the PNG file to write.
 
     Returns:
@@ -73,7 +75,7 @@ def loss_curve_png(log_jsonl_path: str | Path, path: str | Path) -> Path:
     log_jsonl_path = Path(log_jsonl_path)
     if not log_jsonl_path.is_file():
         raise TuneforgeError(f"no training log at {log_jsonl_path}")
-    train, evals = [], []
+    train, evals, metrics, kept = [], [], {}, None
     for line in log_jsonl_path.read_text(encoding="utf-8").splitlines():
         try:
             record = json.loads(line)
@@ -85,9 +87,14 @@ def loss_curve_png(log_jsonl_path: str | Path, path: str | Path) -> Path:
             train.append((record["step"], record["loss"]))
         if _finite(record.get("eval_loss")):
             evals.append((record["step"], record["eval_loss"]))
+        for key, value in record.items():
+            if key.startswith("eval_") and key not in ("eval_loss", "eval_perplexity") and _finite(value):
+                metrics.setdefault(key[5:], []).append((record["step"], value))
+        kept = record.get("best_step", kept)
     if not train and not evals:
         raise TuneforgeError(f"{log_jsonl_path} has no 'loss' or 'eval_loss' values to plot")
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, axes = plt.subplots(1, 2 if metrics else 1, figsize=(12 if metrics else 7, 4), squeeze=False)
+    ax = axes[0][0]
     if train:
         ax.plot(*zip(*train, strict=True), label="train loss", color="tab:blue", linewidth=1.2)
     if evals:
@@ -97,8 +104,31 @@ def loss_curve_png(log_jsonl_path: str | Path, path: str | Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend()
     ax.set_title(log_jsonl_path.parent.name)
+    if metrics:
+        _metric_panel(axes[0][1], metrics, kept)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def _metric_panel(ax, metrics: dict[str, list[tuple[int, float]]], kept: int | None) -> None:
+    """Validation metrics against the step: 0-1 scores (ROUGE, accuracy, F1) on the left axis, the others (chrF,
+    BLEU 0-100, perplexity) on a right one, so neither flattens the other; a dashed line at the kept step."""
+    small = {k: v for k, v in metrics.items() if max(abs(y) for _, y in v) <= 1.0}
+    large = {k: v for k, v in metrics.items() if k not in small}
+    right = ax.twinx() if small and large else ax
+    lines = []
+    for axis, group, style in ((ax, small or large, "-"), (right, large if small else {}, "--")):
+        for name, points in group.items():
+            lines += axis.plot(*zip(*points, strict=True), style, marker="o", linewidth=1.2, label=name)
+    ax.set_ylabel("0-1 scores" if small else "validation score")
+    if small and large:
+        right.set_ylabel(", ".join(large))
+    if kept is not None:
+        lines.append(ax.axvline(kept, color="grey", linestyle=":", label=f"kept: step {kept}"))
+    ax.set_xlabel("step")
+    ax.grid(alpha=0.3)
+    ax.legend(handles=lines, fontsize=8)
+    ax.set_title("validation metrics")
 
 
 def bar_chart(

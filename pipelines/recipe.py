@@ -154,7 +154,7 @@ class GenerationSettings(_Section):
 
 
 # Model-selection keys of `train`, added after runs were recorded: left unset, they do not change a recipe's hash.
-SELECTION_KEYS = ("validation_limit", "select_best", "early_stopping_patience")
+SELECTION_KEYS = ("eval_limit", "select_best", "early_stopping_patience")
 
 
 class TrainConfig(_Section):
@@ -179,8 +179,9 @@ class TrainConfig(_Section):
     eval_every: int = Field(
         0, ge=0, description="validation scores (loss and the task's metrics) every N steps (0: loss at the end only)"
     )
-    validation_limit: int | None = Field(
-        None, ge=1, description="score only the first N validation rows at eval_every (the final scores use all)"
+    eval_limit: int | None = Field(
+        None, ge=1, description="score only the first N validation rows at eval_every (data.validation_limit sizes "
+                                "the split itself; the final validation loss uses all of it)"
     )
     select_best: str | None = Field(
         None, description="a validation metric (e.g. chrf, rougeL, macro_f1, perplexity): its best eval_every "
@@ -253,10 +254,10 @@ class Recipe(_Section):
             problems.append("train.trainable: 'head' (linear probe) and a lora section exclude each other")
         if self.train.global_batch_size is not None and "gradient_accumulation_steps" in self.train.model_fields_set:
             problems.append("train: set global_batch_size or gradient_accumulation_steps, not both")
-        for key in ("select_best", "early_stopping_patience", "validation_limit"):
-            if getattr(self.train, key) is not None and not self.train.eval_every:
-                problems.append(f"train.{key}: needs validation during training; set train.eval_every (e.g. "
-                                f"train.eval_every={max(self.train.max_steps // 5, 1)})")
+        needs_eval = [f"train.{key}" for key in SELECTION_KEYS if getattr(self.train, key) is not None]
+        if needs_eval and not self.train.eval_every:
+            problems.append(f"{', '.join(needs_eval)}: validation during training is off; set train.eval_every (e.g. "
+                            f"train.eval_every={max(self.train.max_steps // 5, 1)})")
         for section, owner in TASK_SECTIONS.items():
             if getattr(self, section) is not None and self.task != owner:
                 problems.append(f"{section}: only used with task: {owner} (task is {self.task!r})")

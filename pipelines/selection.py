@@ -53,7 +53,7 @@ def metric_problems(recipe: Recipe, task) -> list[str]:
 
 
 def validation_scores(prep, recipe: Recipe, accelerator: Accelerator, model) -> dict[str, float]:
-    """Score the validation split (its first `train.validation_limit` rows when set) with the task's own metrics.
+    """Score the validation split (its first `train.eval_limit` rows when set) with the task's own metrics.
 
     Args:
         prep: the run's `build.Prepared` (validation rows and features, tokenizer, task).
@@ -67,7 +67,7 @@ def validation_scores(prep, recipe: Recipe, accelerator: Accelerator, model) -> 
     """
     rows, features = prep.data["validation"], prep.features["validation"]
     total = len(features)
-    limit = recipe.train.validation_limit
+    limit = recipe.train.eval_limit
     if limit is not None and limit < total:
         # The first rows: splits are ordered by a hash of a stable key, so this is the same subset at every step.
         rows, features = rows.select(range(min(limit, len(rows)))), features.select(range(limit))

@@ -135,9 +135,9 @@ def test_keeper_direction_patience_and_state():
 
 
 @pytest.mark.parametrize(("train", "message"), [
-    ({"early_stopping_patience": 3}, "train.early_stopping_patience: needs validation during training; set "
-                                     "train.eval_every"),
-    ({"select_best": "perplexity"}, "train.select_best: needs validation during training"),
+    ({"early_stopping_patience": 3}, r"train.early_stopping_patience: validation during training is off; set "
+                                     r"train.eval_every \(e.g. train.eval_every=6\)"),
+    ({"select_best": "perplexity", "eval_limit": 5}, "train.eval_limit, train.select_best: validation during"),
 ])
 def test_selection_without_eval_every_is_refused(corpus, tmp_path, train, message):
     with pytest.raises(TuneforgeError, match=message):
@@ -171,7 +171,7 @@ def test_unknown_select_best_metric_suggests_the_task_metrics(corpus, tmp_path):
 
 def test_every_task_reports_the_metrics_it_names(corpus, tmp_path, pretrained):
     """`Task.metric_names` is what validation logs and select_best checks: the scores must carry every name."""
-    raw = tiny_lora_raw(corpus, tmp_path, pretrained, "gen", max_steps=2, eval_every=1, validation_limit=4,
+    raw = tiny_lora_raw(corpus, tmp_path, pretrained, "gen", max_steps=2, eval_every=1, eval_limit=4,
                         select_best="rougeL")
     raw["eval"].update(metrics=["rouge", "bleu"], generation={"max_new_tokens": 8}, score_base=False)
     loop.train(build_recipe(raw), tmp_path / "gen")

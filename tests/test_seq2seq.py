@@ -244,7 +244,7 @@ def runs(tmp_path_factory):
 def _select_raw(pairs: Path, base: Path, out: Path, name: str, **train) -> dict:
     """The LoRA recipe scored by chrF (then ROUGE) on 8 validation rows every 10 steps; the best chrF is kept. With a
     constant learning rate chrF peaks before the last step (measured: step 50, 77.7 against 70.8 at step 60)."""
-    raw = _lora_raw(pairs, base, out, name, eval_every=10, select_best="chrf", validation_limit=8,
+    raw = _lora_raw(pairs, base, out, name, eval_every=10, select_best="chrf", eval_limit=8,
                     lr_schedule="constant", **train)
     raw["eval"].update(metrics=["chrf", "rouge"], score_base=False)
     return raw
@@ -374,7 +374,7 @@ def test_two_processes_log_the_same_validation_metrics(runs, tmp_path):
     _assert_same_validation(runs / "bart-select", tmp_path / "select2")
 
 
-def test_best_chrf_checkpoint_becomes_the_model(runs):
+def test_best_chrf_checkpoint_becomes_the_model(runs, tmp_path):
     """chrF and ROUGE curves at eval_every on 8 validation rows; the best-chrF step's model is model/ (rescored from
     disk it gives the logged validation chrF), scored once on test."""
     from accelerate import Accelerator
@@ -395,6 +395,12 @@ def test_best_chrf_checkpoint_becomes_the_model(runs):
         "chrf", best["step"], best["eval_chrf"])
     assert m["primary_metric"] == "chrf" and m["scores"]["chrf"] > 0 and m["dataset"]["split"] == "test"
     assert m["base_scores"] is None  # the test split is scored once: for the chosen model only
+
+    # The run's curves: the loss and, beside it, chrF and ROUGE (a second panel: twice as wide as the loss alone).
+    from eval.plots import loss_curve_png
+
+    png = loss_curve_png(run / "log.jsonl", tmp_path / "curve.png").read_bytes()
+    assert png[:4] == b"\x89PNG" and int.from_bytes(png[16:20], "big") == 1200
 
     recipe, task, model, tok = runs_lib.load_run_model(run)
     data, _ = task.prepare(recipe, data_lib.load_data(recipe.data), tok)
