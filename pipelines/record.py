@@ -82,16 +82,21 @@ class Selection(_Part):
     metric: str
     """the validation score that decides (`train.select_best`; "loss" for early stopping alone)"""
     greater_is_better: bool
+    """the metric's direction (loss and perplexity: lower is better)"""
     step: int | None = None
     """the step whose model is model/ (and was scored on test): the best one with select_best, else the last"""
     value: float | None = None
     """`metric` on validation at `step` (select_best); what a sweep compares trials by"""
     best_step: int | None = None
+    """the step with the best validation `metric` (the first of equal values)"""
     best_value: float | None = None
+    """`metric` at `best_step`"""
     validation: dict[str, Any] | None = None
     """every validation score at `best_step` (`eval_<metric>`, rows scored)"""
     evaluations: int | None = None
+    """validation scorings during training"""
     early_stopping_patience: int | None = None
+    """`train.early_stopping_patience` (null: never stops early)"""
     early_stopped_at_step: int | None = None
     """the step where early stopping ended training; null when it ran to max_steps"""
 

@@ -182,3 +182,13 @@ def test_every_task_reports_the_metrics_it_names(corpus, tmp_path, pretrained):
     for row in rows:
         assert {f"eval_{n}" for n in names} <= set(row) and all(math.isfinite(row[f"eval_{n}"]) for n in names)
         assert (row["validation_rows"], row["validation_total"]) == (4, 9)
+
+
+def test_unset_selection_keys_keep_the_recipe_hash():
+    """Runs recorded before these keys existed keep their recipe hash (pinned from main 8920693); set, they count."""
+    from pipelines.recipe import load_recipe
+
+    path = str(Path(__file__).resolve().parents[1] / "recipes/bart/lora-translate-en-de.yaml")
+    assert load_recipe(path, []).hash() == "sha256:6a4c993ffae75f2e"
+    assert load_recipe(path, ["train.eval_every=100", "train.select_best=chrf"]).hash() != load_recipe(
+        path, ["train.eval_every=100"]).hash()
