@@ -69,7 +69,7 @@ def validation_scores(prep, recipe: Recipe, accelerator: Accelerator, model) -> 
     total = len(features)
     limit = recipe.train.eval_limit
     if limit is not None and limit < total:
-        # The first rows: splits are ordered by a hash of a stable key, so this is the same subset at every step.
+        # The split's first rows (its order is deterministic): the same subset at every evaluation and launch.
         rows, features = rows.select(range(min(limit, len(rows)))), features.select(range(limit))
     ctx = ScoreContext(accelerator=accelerator, model=model, tokenizer=prep.tokenizer, recipe=recipe, rows=rows,
                        features=features, task=prep.task, batch_size=recipe.eval.batch_size)

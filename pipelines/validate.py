@@ -152,6 +152,14 @@ def check_launch(recipe: Recipe, launch: dict) -> list[str]:
             "model.gradient_checkpointing: the launch config already sets fsdp_activation_checkpointing; "
             "checkpointing twice recomputes twice. Turn one off"
         )
+    zero3 = dist == "DEEPSPEED" and int(ds.get("zero_stage", 0)) == 3
+    fsdp_sharded = dist == "FSDP" and (int(fsdp.get("fsdp_version", 1)) == 2 or str(
+        fsdp.get("fsdp_sharding_strategy", "FULL_SHARD")).upper() not in ("NO_SHARD", "3"))
+    if recipe.train.select_best is not None and (zero3 or fsdp_sharded):
+        problems.append(
+            "train.select_best: keeping the best step's weights is not supported with sharded parameters "
+            f"({'DeepSpeed ZeRO-3' if zero3 else 'FSDP'}) yet; launch with DDP or ZeRO-2, or remove train.select_best"
+        )
     if precision == "bf16" and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
         problems.append(
             f"mixed_precision: bf16 asked, but {torch.cuda.get_device_name(0)} has no bf16 support; "

@@ -24,9 +24,12 @@ def launch(name: str) -> dict:
 
 
 def known_bad(recipe_path: Path, config_path: Path) -> bool:
-    """The shipped combinations validate must refuse: accumulating micro-batches under DeepSpeed."""
-    accumulation = (yaml.safe_load(recipe_path.read_text()).get("train") or {}).get("gradient_accumulation_steps", 1)
-    return config_path.name.startswith("deepspeed") and accumulation > 1
+    """The shipped combinations validate must refuse: accumulating micro-batches under DeepSpeed, select_best with
+    sharded parameters (FSDP full shard, ZeRO-3)."""
+    train = yaml.safe_load(recipe_path.read_text()).get("train") or {}
+    if train.get("select_best") and config_path.name in ("fsdp.yaml", "deepspeed-zero3.yaml"):
+        return True
+    return config_path.name.startswith("deepspeed") and train.get("gradient_accumulation_steps", 1) > 1
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[p.name for p in CONFIGS])
@@ -133,3 +136,14 @@ def test_deepspeed_refuses_accumulation_that_would_step_each_micro_batch():
     assert len(problems) == 1 and "train.gradient_accumulation_steps: 2 " in problems[0]
     assert check_launch(build_recipe(LORA, ["train.global_batch_size=64", "train.micro_batch_size=8"]), cfg) == []
     assert check_launch(build_recipe(LORA, ["train.gradient_accumulation_steps=2"]), launch("fsdp.yaml")) == []
+
+
+def test_select_best_needs_unsharded_parameters():
+    recipe = build_recipe(SEQ2SEQ, ["train.eval_every=10", "train.select_best=chrf"])
+    for name in ("fsdp.yaml", "deepspeed-zero3.yaml"):
+        problems = check_launch(recipe, launch(name))
+        assert len(problems) == 1 and problems[0].startswith("train.select_best: keeping the best step's weights")
+    assert check_launch(recipe, launch("deepspeed-zero2.yaml")) == []
+    no_shard = {**launch("fsdp.yaml")}
+    no_shard["fsdp_config"] = {**no_shard["fsdp_config"], "fsdp_sharding_strategy": "NO_SHARD"}
+    assert check_launch(recipe, no_shard) == []
