@@ -14,8 +14,10 @@ import torch
 from pipelines import checks, modeling
 from pipelines import data as data_lib
 from pipelines.errors import TuneforgeError
+from pipelines.optim import check_optimizer
 from pipelines.recipe import Recipe
 from pipelines.tasks import get_task
+from pipelines.trackers import check_report_to
 
 
 @dataclass
@@ -69,6 +71,11 @@ def check_recipe(recipe: Recipe) -> Report:
         source_ok = False
     if source_ok and data_lib.source_kind(recipe.data.source) == "hub":
         report.notes.append(f"data.source {recipe.data.source!r} is a Hub dataset (needs network; not checked)")
+    for check, value in ((check_report_to, recipe.train.report_to), (check_optimizer, recipe.train.optim)):
+        try:
+            check(value)
+        except TuneforgeError as exc:
+            report.errors.append(str(exc))
     if recipe.train.warmup_steps >= recipe.train.max_steps:
         report.notes.append(
             f"train.warmup_steps: {recipe.train.warmup_steps} >= train.max_steps {recipe.train.max_steps}, so the "

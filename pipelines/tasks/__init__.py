@@ -55,6 +55,8 @@ class Task:
             windows view shows.
         head_in_config: the model's head is sized from the run's config (labels), so its base loads with the
             run's config and its LoRA model card loads it that way.
+        stratify_role: the `data.columns` role whose values the validation/test limits stratify by (classification:
+            "label", so every class is scored), or None for plain seeded samples (`pipelines.subsets`).
     """
 
     name: str
@@ -79,6 +81,7 @@ class Task:
     scores_packed_windows: bool = False
     trains_on_windows: bool = False
     head_in_config: bool = False
+    stratify_role: str | None = None
 
 
 

@@ -315,4 +315,5 @@ TASK = Task(
     demo_feed="classify",
     throughput_unit="examples",
     head_in_config=True,
+    stratify_role="label",
 )
