@@ -112,3 +112,26 @@ def test_data_files_missing_or_mismatched_file_names_the_split(tmp_path):
     recipe = build_recipe(_classification_raw(None, {**files, "test": files["train"]}))
     with pytest.raises(TuneforgeError, match=r"data.files.validation: '.*v.jsonl' lacks the column\(s\) \['text'\]"):
         data_lib.load_data(recipe.data)
+
+
+def test_a_run_on_data_files_trains_and_scores_exactly_those_files(tmp_path):
+    import datasets
+    from conftest import tiny_gpt_raw, write_corpus
+
+    from pipelines import loop
+
+    train = write_corpus(tmp_path / "train.jsonl", n=160, seed=1)
+    val = write_corpus(tmp_path / "val.jsonl", n=20, seed=2)
+    test = tmp_path / "test.csv"
+    pd.read_json(write_corpus(tmp_path / "t.jsonl", n=24, seed=3), lines=True).to_csv(test, index=False)
+    raw = tiny_gpt_raw(train, tmp_path, "own-splits", max_steps=4, log_every=2)
+    raw["data"] = {**raw["data"], "files": {"train": str(train), "validation": str(val), "test": str(test)},
+                   "packing": False}
+    del raw["data"]["source"]
+    metrics = loop.train(build_recipe(raw), tmp_path / "own-splits")
+    assert metrics["dataset"]["name"] == (
+        "files(train=train.jsonl,validation=val.jsonl,test=test.csv)[text=description]")
+    expected = datasets.load_dataset("csv", data_files=str(test), split="train")
+    assert metrics["dataset"]["num_examples"] == 24
+    assert metrics["dataset"]["fingerprint"] == fingerprint(expected)
+    assert "subset" not in metrics["dataset"]
