@@ -92,3 +92,28 @@ def test_cli_version_is_one_line_in_a_fresh_process():
     result = subprocess.run([sys.executable, "-m", "pipelines.cli", "--version"], cwd=ROOT, capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 0 and result.stdout.startswith("tuneforge ") and not result.stderr
+
+
+def test_validate_names_cached_hub_ids_instead_of_needing_the_network(tmp_path, monkeypatch, capsys):
+    import datasets
+    import huggingface_hub
+    import yaml
+    from test_architectures import populate_cache
+
+    populate_cache(tmp_path / "hub", "roberta-base")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    recipe = tmp_path / "r.yaml"
+    raw = yaml.safe_load((ROOT / "recipes" / "hub" / "roberta-base-lora-sst2.yaml").read_text())
+    recipe.write_text(yaml.safe_dump(raw))
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets")
+    assert cli(["validate", str(recipe)]) == 0
+    out = capsys.readouterr().out
+    assert "model.base 'roberta-base' is a Hub id found in the local Hugging Face cache (checked offline)" in out
+    assert f"data.source {raw['data']['source']!r} is a Hub dataset (needs network; not checked)" in out
+    # the folder datasets itself looks for when offline: <namespace>___<name>/<config>/<version>/<hash>/
+    namespace, name = raw["data"]["source"].split("/")
+    (tmp_path / "datasets" / f"{namespace}___{name}" / "default" / "0.0.0" / "0123abcd").mkdir(parents=True)
+    assert cli(["validate", str(recipe)]) == 0
+    out = capsys.readouterr().out
+    assert "is a Hub dataset in the local datasets cache (loads offline; columns not checked)" in out
+    assert "needs network" not in out
