@@ -285,6 +285,14 @@ def build_app(
     return app
 
 
+# Gradio's prose style lets table cells break anywhere, so a narrow leaderboard split numbers mid-word ("0.3|266").
+# Cells keep their text on one line; a table wider than the page scrolls sideways instead.
+CSS = """
+#leaderboard-tables table { display: block; max-width: 100%; overflow-x: auto; }
+#leaderboard-tables th, #leaderboard-tables td { white-space: nowrap; overflow-wrap: normal; word-break: normal; }
+"""
+
+
 def serve(app: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, share: bool = False) -> str:
     """Start the app's server in the background.
 
@@ -303,7 +311,7 @@ def serve(app: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, share: bool
     try:
         app.launch(
             server_name=host, server_port=port, share=share, prevent_thread_lock=True, show_error=True, quiet=True,
-            ssr_mode=False, mcp_server=False,
+            ssr_mode=False, mcp_server=False, css=CSS,
         )  # fmt: skip
     except OSError as exc:  # gradio: "Cannot find empty port in range: ..." (taken between the check and the start)
         raise TuneforgeError(f"--port: cannot serve on {host}:{port} ({exc}); pick a free port with --port") from None

@@ -312,6 +312,7 @@ class Inspector:
     def _test_split(self, key: str):
         """The run's test split, loaded once per run version in a background thread (data loading takes seconds)."""
         from pipelines.data import load_data
+        from pipelines.tasks import get_task
 
         cache_key = (key, run_version(self.h.registry.run(key)))
         recipe = self.h.model(key, "inspect").recipe  # (loads the model on first use: not under the cache lock)
@@ -323,7 +324,7 @@ class Inspector:
 
                 def load() -> None:
                     try:
-                        future.set_result(load_data(recipe.data)["test"])
+                        future.set_result(load_data(recipe.data, get_task(recipe.task).stratify_role)["test"])
                     except BaseException as exc:  # shown to the request that waits on it
                         future.set_exception(exc)
 

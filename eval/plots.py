@@ -56,10 +56,38 @@ def confusion_matrix_png(
     return _save(fig, path)
 
 
+SMOOTHING = 0.6  # TensorBoard's default scalar smoothing weight
+
+
+def ema(values: Sequence[float], weight: float = SMOOTHING) -> list[float]:
+    """Debiased exponential moving average, TensorBoard's scalar smoothing (`tensorboard/.../vz_line_chart2`).
+
+    s_i = weight * s_(i-1) + (1 - weight) * v_i with s_(-1) = 0, divided by 1 - weight^(i+1) so the first points
+    are not pulled towards 0 (Adam's bias correction, Kingma & Ba 2015).
+
+    Args:
+        values: the raw series (e.g. the loss of each log line, nats/token).
+        weight: 0 keeps the series as it is; closer to 1 smooths more.
+
+    Returns:
+        The smoothed series, as long as `values`.
+    """
+    out, last = [], 0.0
+    for i, value in enumerate(values):
+        last = weight * last + (1 - weight) * value
+        out.append(last / (1 - weight ** (i + 1)))
+    return out
+
+
 def loss_curve_png(log_jsonl_path: str | Path, path: str | Path) -> Path:
-    """Plots training loss (and eval loss, when logged) against the optimizer step; beside it, the validation
-    metrics logged at ``train.eval_every`` (``eval_<metric>`` other than the loss and its perplexity), with the step
-    model selection kept.
+    """Plots training loss (raw, faint, and smoothed with `ema`) and eval loss, when logged, against the step;
+    beside it, the validation metrics logged at ``train.eval_every`` (``eval_<metric>`` other than the loss and its
+    perplexity), with the step model selection kept.
+
+    Each log line's loss is the mean over the steps since the previous line. With `train.group_by_length` those
+    steps hold examples of one length range each (batches are length-sorted within mega-batches, then shuffled),
+    and per-token loss depends on length, so consecutive points zig-zag around the trend; the smoothed line shows
+    the trend (measured on the main job's runs: docs/run-folder.md, "Loss curves").
 
     Args:
         log_jsonl_path: a run's ``log.jsonl``: one JSON object per line with ``step`` and ``loss`` and/or
@@ -96,7 +124,10 @@ def loss_curve_png(log_jsonl_path: str | Path, path: str | Path) -> Path:
     fig, axes = plt.subplots(1, 2 if metrics else 1, figsize=(12 if metrics else 7, 4), squeeze=False)
     ax = axes[0][0]
     if train:
-        ax.plot(*zip(*train, strict=True), label="train loss", color="tab:blue", linewidth=1.2)
+        steps, losses = zip(*train, strict=True)
+        ax.plot(steps, losses, label="train loss", color="tab:blue", linewidth=1.0, alpha=0.35)
+        ax.plot(steps, ema(losses), label=f"train loss, smoothed (EMA {SMOOTHING})", color="tab:blue",
+                linewidth=1.6)
     if evals:
         ax.plot(*zip(*evals, strict=True), label="eval loss", color="tab:orange", marker="o", linewidth=1.5)
     ax.set_xlabel("step")

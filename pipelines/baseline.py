@@ -100,7 +100,7 @@ def run_baseline(recipe: Recipe, run_dir: Path, *, overwrite: bool = False, laun
     if get_task(recipe.task) is not classification.TASK:
         raise TuneforgeError(f"task: the TF-IDF baseline is for classification recipes, not {recipe.task!r}")
     runs.check_run_dir(run_dir, overwrite=overwrite, resume="never")
-    raw = data_lib.load_data(recipe.data)
+    raw = data_lib.load_data(recipe.data, classification.TASK.stratify_role)
     data, names, report = classification.map_labels(recipe, raw)
     t0 = time.perf_counter()
     log_probs, settings = fit_predict(

@@ -6,7 +6,6 @@ same rows and features.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,7 +46,7 @@ def build(recipe: Recipe, run_dir: Path, accelerator: Accelerator, mode: str, *,
     problems = checks.role_problems(task.name, task.roles, task.optional_roles, recipe.data.columns)
     if problems:
         raise TuneforgeError("\n".join(problems))
-    data = data_lib.load_data(recipe.data)
+    data = data_lib.load_data(recipe.data, task.stratify_role)
     model_dir = run_dir / "model"
     if recipe.model.scratch is not None:
         if accelerator.is_main_process and mode == "fresh":
@@ -88,34 +87,6 @@ def build(recipe: Recipe, run_dir: Path, accelerator: Accelerator, mode: str, *,
         modeling.freeze_all_but_head(model)
     features = {s: tokenize_cached(task, data[s], tokenizer, recipe, s) for s in data}
     return Prepared(task, model, tokenizer, data, features)
-
-
-def lr_lambda(step: int, warmup: int, total: int, schedule: str) -> float:
-    """Multiplier of the peak learning rate: linear warmup, then cosine / linear decay to 0, or constant.
-
-    Cosine decay as in Loshchilov & Hutter 2017 (SGDR) without restarts, the schedule GPT-style pretraining uses.
-    """
-    if step < warmup:
-        return (step + 1) / warmup
-    if schedule == "constant":
-        return 1.0
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return 0.5 * (1 + math.cos(math.pi * progress)) if schedule == "cosine" else 1.0 - progress
-
-
-def make_optimizer(model: torch.nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
-    """AdamW (Loshchilov & Hutter 2019); no weight decay on biases and norms (1-D parameters), as in nanoGPT.
-
-    The fused kernel (one pass over each parameter instead of a chain of element-wise ops; `Trainer`'s default
-    `adamw_torch_fused` since torch 2.8) whenever every parameter is a floating-point tensor on CPU or CUDA.
-    """
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": recipe.train.weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
-    fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
-    return torch.optim.AdamW(groups, lr=recipe.train.learning_rate, betas=recipe.train.adam_betas, fused=fused)
 
 
 def sample_texts(recipe: Recipe, rows: datasets.Dataset, n: int = 64) -> list[str]:

@@ -15,12 +15,71 @@ from pipelines.errors import TuneforgeError
 from pipelines.runtime import is_main_process
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tuneforge", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="command", required=True)
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's formatter that appends "(default: X)" to every option with a default worth showing."""
 
-    t = sub.add_parser("train", help="train one recipe (also: accelerate launch ... -m pipelines.train RECIPE)")
-    t.add_argument("recipe")
+    def _get_help_string(self, action: argparse.Action) -> str:
+        # Flags (default False) and options without a default say nothing more; the others show it.
+        if action.default in (None, False) or action.default is argparse.SUPPRESS:
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose help shows defaults (`_HelpFormatter`), for the command and every subcommand."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
+def schema_defaults(section: str) -> str:
+    """`key=value` for every field of a recipe section that has a default (from the schema, so never stale)."""
+    from pydantic_core import PydanticUndefined
+
+    from pipelines.recipe import Recipe
+
+    fields = Recipe.model_fields[section].annotation.model_fields
+    shown = {key: f.get_default(call_default_factory=True) for key, f in fields.items()
+             if f.default is not PydanticUndefined or f.default_factory is not None}
+    return ", ".join(f"{section}.{key}={value}" for key, value in shown.items())
+
+
+class _Version(argparse.Action):
+    """`--version`: prints `version()` as one line (argparse's own version action rewraps it) and exits 0."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(version())
+        parser.exit()
+
+
+def version() -> str:
+    """`tuneforge --version`: the installed package's version and the libraries runs record."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    def of(name: str) -> str:
+        try:
+            return installed(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    libraries = ", ".join(f"{name} {of(name)}" for name in ("torch", "transformers", "peft", "accelerate",
+                                                           "datasets"))
+    return f"tuneforge {of('tuneforge')} ({libraries})"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="tuneforge", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action=_Version, help="show tuneforge's and its libraries' versions and exit")
+    sub = p.add_subparsers(dest="command", required=True)  # subcommands are _Parser too (argparse's parser_class)
+
+    t = sub.add_parser("train", help="train one recipe (also: accelerate launch ... -m pipelines.train RECIPE)",
+                       epilog=f"defaults of the recipe's train section: {schema_defaults('train')}")
+    t.add_argument("recipe", help="a recipe YAML, e.g. recipes/gpt/lora-manpages.yaml")
     t.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.max_steps=50")
     t.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
 
@@ -41,23 +100,23 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--overwrite", action="store_true", help="replace an existing folder")
 
     c = sub.add_parser("compare", help="comparison tables across runs")
-    c.add_argument("runs_dirs", nargs="*", default=["runs"])
-    c.add_argument("--format", choices=["markdown", "csv", "html"], default="markdown")
+    c.add_argument("runs_dirs", nargs="*", default=["runs"], help="folders holding run folders")
+    c.add_argument("--format", choices=["markdown", "csv", "html"], default="markdown", help="table format")
     c.add_argument("--out", help="write the table here instead of stdout")
 
     d = sub.add_parser("demo", help="the Gradio app serving every run")
-    d.add_argument("runs_dir", nargs="?", default="runs")
-    d.add_argument("--host", default="127.0.0.1")
-    d.add_argument("--port", type=int, default=7860)
+    d.add_argument("runs_dir", nargs="?", default="runs", help="the folder of runs to serve")
+    d.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 exposes it)")
+    d.add_argument("--port", type=int, default=7860, help="port to serve on")
     d.add_argument("--share", action="store_true", help="create a public Gradio share link (off by default)")
 
     a = sub.add_parser("data", help="preview / export a built-in dataset")
-    a.add_argument("name")
-    a.add_argument("--limit", type=_positive_int, default=5, help="rows to show or write (default 5)")
-    a.add_argument("--split", default="train", choices=["train", "validation", "test"])
+    a.add_argument("name", help="a built-in source: manpages, manpages-chat, gettext, debian-packages")
+    a.add_argument("--limit", type=_positive_int, default=5, help="rows to show or write")
+    a.add_argument("--split", default="train", choices=["train", "validation", "test"], help="which split")
     a.add_argument("--lang", default="de", help="gettext: target language")
     a.add_argument("--near-duplicates", default="drop", choices=["drop", "keep"],
-                   help="manpages, manpages-chat: drop (default) or keep near-duplicate pages")
+                   help="manpages, manpages-chat: drop or keep near-duplicate pages")
     a.add_argument("--out", help="write JSONL here instead of printing")
     return p
 

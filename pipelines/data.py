@@ -10,13 +10,13 @@ import codecs
 import difflib
 import hashlib
 import json
-import random
 from pathlib import Path
 
 import datasets
 import pyarrow
 from datasets.exceptions import DatasetGenerationError
 
+from pipelines import subsets
 from pipelines.errors import TuneforgeError
 from pipelines.recipe import DataConfig, SourceSpec
 from pipelines.sources import SOURCES, fingerprint, load_source, split_for_key
@@ -41,6 +41,16 @@ def check_source(spec: SourceSpec, field: str = "data.source") -> None:
         TuneforgeError: a missing local file, a name that looks like a misspelled built-in source, or a
             `columns` entry naming a column the built-in source does not have.
     """
+    if getattr(spec, "files", None):  # data.files: every split's file exists and has a known format
+        for split, name in spec.files.items():
+            path = Path(name).expanduser()
+            if not path.is_file():
+                raise TuneforgeError(f"data.files.{split}: {name!r} does not exist (or is a folder); give a "
+                                     "json/jsonl/csv/parquet/txt file")
+            if path.suffix not in LOCAL_FORMATS:
+                raise TuneforgeError(f"data.files.{split}: {name!r} has an unknown format; use one of "
+                                     f"{sorted(LOCAL_FORMATS)}")
+        return
     kind = source_kind(spec.source)
     if kind == "builtin":  # its columns are known without loading it
         lang = str(spec.params.get("lang", "de"))
@@ -66,7 +76,28 @@ def _load_local(path: Path) -> datasets.DatasetDict:
     )
 
 
-def read_local_file(path: Path, builder: str) -> datasets.Dataset:
+def _load_files(files: dict[str, str]) -> datasets.DatasetDict:
+    """`data.files`: the user's own train/validation/test files, each read as it is (no re-splitting).
+
+    Each file goes through `datasets.load_dataset` with its own builder, so the formats may differ per split.
+    The splits must share the columns the recipe reads (checked by `check_columns` on train, and here).
+
+    Raises:
+        TuneforgeError: an unreadable file (see `read_local_file`), or splits whose columns differ.
+    """
+    out = {}
+    for split in SPLITS:
+        path = Path(files[split]).expanduser()
+        out[split] = read_local_file(path, LOCAL_FORMATS[path.suffix], f"data.files.{split}")
+    for split in SPLITS[1:]:
+        missing = sorted(set(out["train"].column_names) - set(out[split].column_names))
+        if missing:
+            raise TuneforgeError(f"data.files.{split}: {files[split]!r} lacks the column(s) {missing} that the "
+                                 f"train file {files['train']!r} has; give every split the same columns")
+    return datasets.DatasetDict(out)
+
+
+def read_local_file(path: Path, builder: str, field: str = "data.source") -> datasets.Dataset:
     """One local data file as a `Dataset`, or one clear error naming the file, the place and the fix.
 
     Checked first, because the loaders report them late or not at all: a folder or an empty file, bytes that are not
@@ -74,10 +105,15 @@ def read_local_file(path: Path, builder: str) -> datasets.Dataset:
     parser's own words (pyarrow, pandas) and, for JSON lines, the first line that does not parse. A column whose rows
     mix types (e.g. strings and lists) is refused: `datasets` turns it into opaque JSON values.
 
+    Args:
+        path: the file.
+        builder: the `datasets` packaged builder ("json", "csv", "parquet", "text").
+        field: the recipe field that named the file, for messages.
+
     Raises:
         TuneforgeError: any of the above.
     """
-    where = f"data.source: {str(path)!r}"
+    where = f"{field}: {str(path)!r}"
     if path.is_dir():
         raise TuneforgeError(f"{where} is a folder; give one {'/'.join(sorted(set(LOCAL_FORMATS)))} file")
     if path.stat().st_size == 0:
@@ -176,8 +212,10 @@ def load_spec(spec: SourceSpec, splits: dict[str, str] | None = None) -> dataset
         TuneforgeError: unknown built-in name, missing host corpus, missing file, missing column.
     """
     check_source(spec)
-    kind = source_kind(spec.source)
-    if kind == "builtin":
+    kind = "local" if getattr(spec, "files", None) else source_kind(spec.source)
+    if getattr(spec, "files", None):
+        dd = _load_files(spec.files)
+    elif kind == "builtin":
         dd = load_source(spec.source, near_duplicates=spec.near_duplicates, **{k: v for k, v in spec.params.items()})
     elif kind == "local":
         dd = _load_local(Path(spec.source).expanduser())
@@ -225,11 +263,17 @@ def _documents(dd: datasets.DatasetDict, spec: SourceSpec) -> datasets.DatasetDi
     )
 
 
-def load_data(data: DataConfig) -> datasets.DatasetDict:
+def load_data(data: DataConfig, stratify_role: str | None = None) -> datasets.DatasetDict:
     """Load the recipe's data with its `mix` and limits applied.
 
     Without `mix`, rows keep the source's columns. With `mix`, every source contributes its `columns.text`
-    as documents and the result has a single `text` column (for pretraining corpora).
+    as documents and the result has a single `text` column (for pretraining corpora). Every limit takes a seeded
+    random sample (`pipelines.subsets`); `stratify_role` (the task's `Task.stratify_role`, e.g. "label") makes the
+    validation and test samples cover every value of that role's column when the limit allows.
+
+    Args:
+        data: the recipe's data section.
+        stratify_role: a `data.columns` role to stratify the validation/test samples by, or None.
 
     Returns:
         DatasetDict with "train", "validation" and "test".
@@ -242,14 +286,14 @@ def load_data(data: DataConfig) -> datasets.DatasetDict:
         parts = [_documents(dd, data)] + [_documents(load_spec(m, None), m) for m in data.mix]
         dd = datasets.DatasetDict({s: datasets.concatenate_datasets([p[s] for p in parts]) for s in SPLITS})
     limits = {"train": data.train_limit, "validation": data.validation_limit, "test": data.test_limit}
+    column = stratify_column(data, stratify_role)
     out = {}
     for split in SPLITS:
         ds = dd[split]
         if limits[split] is not None and len(ds) > limits[split]:
-            # train_limit takes a fixed-seed random sample (as its description says): built-in sources are sorted
-            # by key, so the first N rows would be e.g. the alphabetically first packages, not a fair sample.
-            rows = sorted(random.Random(0).sample(range(len(ds)), limits[split])) if split == "train" else None
-            ds = ds.select(rows if rows is not None else range(limits[split]))
+            # Training rows are a plain sample (the label set is learnt from them as they come).
+            labels = ds[column] if column is not None and split != "train" else None
+            ds = ds.select(subsets.sample_indices(len(ds), limits[split], data.subset_seed, labels))
         if len(ds) == 0:
             raise TuneforgeError(
                 f"data: the {split} split of {data.source!r} is empty after filtering; "
@@ -259,18 +303,31 @@ def load_data(data: DataConfig) -> datasets.DatasetDict:
     return datasets.DatasetDict(out)
 
 
-def dataset_info(data: DataConfig, ds: datasets.Dataset, *, packed_view: bool = False) -> dict:
+def stratify_column(data: DataConfig, role: str | None) -> str | None:
+    """The column the validation/test samples stratify by: the one `data.columns` maps `role` to (None without
+    mix; mixed corpora have only text)."""
+    if role is None or data.mix or not isinstance(data.columns.get(role), str):
+        return None
+    return data.columns[role]
+
+
+def dataset_info(data: DataConfig, ds: datasets.Dataset, *, packed_view: bool = False,
+                 stratify_role: str | None = None) -> dict:
     """The identity of the scored rows `ds`, recorded with every score: dataset name (see `dataset_name`), the
-    source split they came from (`data.splits.test`, "test" unless remapped), example count and fingerprint.
+    source split they came from (`data.splits.test`, "test" unless remapped), example count, fingerprint and how
+    the rows were sampled (`subset`, with `data.test_limit`).
 
     Args:
         data: the recipe's data section.
         ds: the scored rows.
         packed_view: the task scores packed windows (`Task.scores_packed_windows`).
+        stratify_role: the task's `Task.stratify_role`.
     """
     split = data.splits.get("test", "test")
-    return {"name": dataset_name(data, packed_view=packed_view), "split": split, "num_examples": len(ds),
+    info = {"name": dataset_name(data, packed_view=packed_view), "split": split, "num_examples": len(ds),
             "fingerprint": fingerprint(ds)}
+    subset = subsets.describe(data.test_limit, data.subset_seed, stratify_column(data, stratify_role))
+    return {**info, "subset": subset} if subset else info
 
 
 def dataset_name(data: DataConfig, *, packed_view: bool = False) -> str:
@@ -284,6 +341,8 @@ def dataset_name(data: DataConfig, *, packed_view: bool = False) -> str:
     def one(spec: SourceSpec) -> str:
         kept = {"near_duplicates": "keep"} if spec.near_duplicates == "keep" else {}  # the default stays unnamed
         params = ",".join(f"{k}={v}" for k, v in sorted({**spec.params, **kept}.items()))
+        if getattr(spec, "files", None):
+            params = ",".join(f"{s}={Path(spec.files[s]).name}" for s in SPLITS)
         return f"{spec.source}({params})" if params else spec.source
 
     view = ", ".join(f"{role}={'+'.join([c] if isinstance(c, str) else c)}" for role, c in data.columns.items())

@@ -8,6 +8,7 @@ process writes files. Mixed precision comes from the launch config (`accelerate 
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,11 +20,12 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
-from pipelines import checkpoints, distributed, failures, flops, modeling, runs, selection
+from pipelines import checkpoints, distributed, failures, flops, modeling, runs, selection, trackers
 from pipelines.batching import StepBatches, accumulation_steps, pad_multiple
-from pipelines.build import Prepared, build, lr_lambda, make_optimizer
+from pipelines.build import Prepared, build
 from pipelines.errors import TuneforgeError
-from pipelines.meter import Meter, reset_peak_memory, utilisation
+from pipelines.meter import Meter, peak_memory_mb, reset_peak_memory, utilisation
+from pipelines.optim import make_optimizer, make_scheduler
 from pipelines.preflight import preflight
 from pipelines.recipe import Recipe
 from pipelines.record import RunRecord, TrainStats, scored_fields, write_json, write_result
@@ -72,7 +74,7 @@ def train(recipe: Recipe, run_dir: Path, *, overwrite: bool = False, launch: str
             the first complete checkpoint leaves no run folder behind (only what the user had there).
     """
     failures.check_output_dir(run_dir)
-    accelerator = make_accelerator(run_dir)
+    accelerator = make_accelerator(run_dir, recipe.train.report_to)
     reset_peak_memory(accelerator.device)  # this run's peak, not that of an earlier run in the same process
     distributed.check_processes(accelerator)
     distributed.check_accumulation(accelerator, accumulation_steps(recipe.train, accelerator.num_processes))
@@ -170,9 +172,7 @@ def fit(prep: Prepared, recipe: Recipe, run_dir: Path, accelerator: Accelerator,
     """
     cfg, main, device = recipe.train, accelerator.is_main_process, accelerator.device
     optimizer = make_optimizer(prep.model, recipe)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_lambda(s, cfg.warmup_steps, cfg.max_steps, cfg.lr_schedule)
-    )
+    scheduler = make_scheduler(optimizer, recipe)
     model, optimizer = accelerator.prepare(prep.model, optimizer)
     accelerator.register_for_checkpointing(scheduler)
     keeper = selection.Keeper.for_run(recipe, accelerator)
@@ -185,15 +185,14 @@ def fit(prep: Prepared, recipe: Recipe, run_dir: Path, accelerator: Accelerator,
         features["total_length"] if "total_length" in features.column_names else None,
     )
     start_step, base_scores, restored = resume_or_score_base(prep, recipe, run_dir, accelerator, model, mode)
-    # purge_step: TensorBoard hides events at or after this step written before a crash (they are logged again).
-    accelerator.init_trackers("tb", config={"recipe_hash": recipe.hash()},
-                              init_kwargs={"tensorboard": {"purge_step": start_step + 1}} if start_step else {})
+    trackers.start(accelerator, recipe, run_dir, start_step)
     model.train()
     keep_freed_memory_mapped(device)
     # This process's counters; a checkpoint saves them and a resume continues them (seconds: both parts summed).
     log_sums = torch.tensor(restored.get("log_sums", [0.0, 0.0]), device=device, dtype=torch.float64)
     meter, last_loss = Meter(), restored.get("last_loss", float("nan"))
     meter.load_state_dict(restored.get("meter", {}))
+    throughput = trackers.Throughput(meter)
     stop_at = min(cfg.max_steps, cfg.stop_after_steps or cfg.max_steps)
     bar = tqdm(total=cfg.max_steps, initial=start_step, disable=not main, desc=run_dir.name, dynamic_ncols=True)
     collate = partial(prep.task.collate, tokenizer=prep.tokenizer, recipe=recipe,
@@ -207,16 +206,20 @@ def fit(prep: Prepared, recipe: Recipe, run_dir: Path, accelerator: Accelerator,
             t0 = time.perf_counter()
             micro = [collate([features[i] for i in b]) for b in batches.for_step(step)]
             accumulate_gradients(prep.task, model, accelerator, micro, meter, spec, log_sums)
-            if cfg.max_grad_norm is not None:
-                accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            done = step + 1
+            logs = done % cfg.log_every == 0 or done == stop_at
+            # The norm before clipping, as Trainer logs it; without clipping it is measured on log steps only (a
+            # max norm of inf scales every gradient by exactly 1.0).
+            clip = cfg.max_grad_norm if cfg.max_grad_norm is not None else (math.inf if logs else None)
+            grad_norm = accelerator.clip_grad_norm_(model.parameters(), clip) if clip is not None else None
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             meter.seconds += time.perf_counter() - t0
-            done = step + 1
             bar.update(1)
-            if done % cfg.log_every == 0 or done == stop_at:
-                last_loss = log_step(run_dir, accelerator, log_sums, done, scheduler.get_last_lr()[0], meter)
+            if logs:
+                last_loss = log_step(run_dir, accelerator, log_sums, done, scheduler.get_last_lr()[0], meter,
+                                     {"grad_norm": None if grad_norm is None else float(grad_norm)}, throughput)
                 bar.set_postfix(loss=f"{last_loss:.4f}")
             early_stop = False
             # When selecting, the final model is a candidate too; otherwise finish scores it anyway.
@@ -301,10 +304,16 @@ def resume_or_score_base(prep: Prepared, recipe: Recipe, run_dir: Path, accelera
 
 
 def log_step(run_dir: Path, accelerator: Accelerator, log_sums: torch.Tensor, done: int, lr: float,
-             meter: Meter) -> float:
-    """One log line (log.jsonl, TensorBoard): the mean loss per target since the last line; resets the sums.
+             meter: Meter, extra: dict[str, float | None], throughput: trackers.Throughput) -> float:
+    """One log line (log.jsonl, the trackers): the mean loss per target since the last line; resets the sums.
 
     One host sync per log line, not per step.
+
+    Args:
+        lr: the learning rate after step `done` (the next step's, as Trainer logs it).
+        extra: more values for log.jsonl and the trackers (`train/<key>`), e.g. the step's grad_norm; None is left
+            out.
+        throughput: the rates since the last line (trackers only: log.jsonl has `seconds` and `tokens`).
 
     Returns:
         That mean loss (nats per target).
@@ -312,10 +321,13 @@ def log_step(run_dir: Path, accelerator: Accelerator, log_sums: torch.Tensor, do
     sums = accelerator.reduce(log_sums, "sum")
     loss = float(sums[0] / sums[1].clamp(min=1))
     log_sums.zero_()
+    extra = {k: v for k, v in extra.items() if v is not None}
+    rates = throughput.since_last(meter, accelerator.num_processes)
     if accelerator.is_main_process:
-        runs.append_log(run_dir, {"step": done, "loss": loss, "lr": lr, "seconds": meter.seconds,
+        runs.append_log(run_dir, {"step": done, "loss": loss, "lr": lr, **extra, "seconds": meter.seconds,
                                   "tokens": meter.tokens * accelerator.num_processes})
-        accelerator.log({"train/loss": loss, "train/lr": lr}, step=done)
+        accelerator.log({"train/loss": loss, "train/learning_rate": lr, **{f"train/{k}": v for k, v in extra.items()},
+                         **rates, "train/peak_memory_mb": peak_memory_mb(accelerator.device)}, step=done)
     return loss
 
 
@@ -370,6 +382,7 @@ def finish(prep: Prepared, recipe: Recipe, run_dir: Path, accelerator: Accelerat
         selection=fitted.keeper.summary(fitted.steps) if fitted.keeper is not None else None,
     )
     metrics = record.as_dict()
+    accelerator.log(trackers.final_values(val, result.scores, fitted.base_scores), step=recipe.train.max_steps)
     if accelerator.is_main_process:
         write_result(run_dir, record, result, runs.model_card(recipe, metrics, launch, prep.task.head_in_config))
     accelerator.wait_for_everyone()

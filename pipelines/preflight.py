@@ -14,8 +14,10 @@ import torch
 from pipelines import checks, modeling, selection
 from pipelines import data as data_lib
 from pipelines.errors import TuneforgeError
+from pipelines.optim import check_optimizer
 from pipelines.recipe import Recipe
 from pipelines.tasks import get_task
+from pipelines.trackers import check_report_to
 
 
 @dataclass
@@ -54,6 +56,32 @@ def _meta_model(recipe: Recipe, task) -> torch.nn.Module | None:
         return task.auto_model.from_config(config)
 
 
+def model_in_hub_cache(base: str) -> bool:
+    """True when `base` is a Hub id (not a local path or alias) whose config.json is in the Hugging Face cache
+    (`huggingface_hub.try_to_load_from_cache`, the lookup `from_pretrained` falls back to offline)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    if base.startswith("builtin:") or Path(base).expanduser().exists():
+        return False
+    try:
+        return isinstance(try_to_load_from_cache(base, "config.json"), str)
+    except ValueError:  # not a valid repo id
+        return False
+
+
+def dataset_in_cache(source: str) -> bool:
+    """True when `datasets` would load the Hub dataset `source` from its own cache offline: the folder
+    `<HF_DATASETS_CACHE>/<namespace>___<name>/<config>/<version>/<hash>/` that `datasets.load`'s
+    `CachedDatasetModuleFactory` looks for (the name in snake case, as it writes it)."""
+    import datasets
+    from datasets.naming import camelcase_to_snakecase
+
+    parts = source.split("/")
+    parts[-1] = camelcase_to_snakecase(parts[-1])
+    root = Path(datasets.config.HF_DATASETS_CACHE).expanduser() / "___".join(parts)
+    return any(p.is_dir() for p in root.glob("*/*/*"))
+
+
 def check_recipe(recipe: Recipe) -> Report:
     """Files, data, model structure and generation settings of one recipe."""
     report = Report()
@@ -69,7 +97,16 @@ def check_recipe(recipe: Recipe) -> Report:
         report.errors.append(str(exc))
         source_ok = False
     if source_ok and data_lib.source_kind(recipe.data.source) == "hub":
-        report.notes.append(f"data.source {recipe.data.source!r} is a Hub dataset (needs network; not checked)")
+        if dataset_in_cache(recipe.data.source):
+            report.notes.append(f"data.source {recipe.data.source!r} is a Hub dataset in the local datasets cache "
+                                "(loads offline; columns not checked)")
+        else:
+            report.notes.append(f"data.source {recipe.data.source!r} is a Hub dataset (needs network; not checked)")
+    for check, value in ((check_report_to, recipe.train.report_to), (check_optimizer, recipe.train.optim)):
+        try:
+            check(value)
+        except TuneforgeError as exc:
+            report.errors.append(str(exc))
     if recipe.train.warmup_steps >= recipe.train.max_steps:
         report.notes.append(
             f"train.warmup_steps: {recipe.train.warmup_steps} >= train.max_steps {recipe.train.max_steps}, so the "
@@ -80,6 +117,9 @@ def check_recipe(recipe: Recipe) -> Report:
         model = _meta_model(recipe, task)
         if model is None:
             report.notes.append(f"model.base {recipe.model.base!r} is a Hub id (needs network; not loaded)")
+        elif recipe.model.base and model_in_hub_cache(recipe.model.base):
+            report.notes.append(f"model.base {recipe.model.base!r} is a Hub id found in the local Hugging Face cache "
+                                "(checked offline)")
     except TuneforgeError as exc:
         hint = modeling.producing_recipe_hint(recipe.model.base or "")
         if recipe.model.base and "Train it first" in hint and "does not exist" in str(exc):

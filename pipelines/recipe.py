@@ -19,6 +19,8 @@ from pipelines.recipe_errors import format_errors
 from pipelines.tasks.names import TASK_NAMES, TASK_SECTIONS
 
 TaskName = Literal[TASK_NAMES]  # the task registry's names (pipelines.tasks)
+TRACKER_NAMES = ("tensorboard", "wandb", "mlflow", "aim", "trackio", "comet_ml", "clearml", "dvclive", "swanlab")
+FILES_SOURCE = "files"  # data.source of a recipe that gives its own splits in data.files
 
 
 class _Section(BaseModel):
@@ -107,9 +109,29 @@ class DataConfig(SourceSpec):
     packing: bool = Field(
         False, description="causal LM and chat: concatenate documents (conversations) into fixed windows (no "
         "padding)")
-    train_limit: int | None = Field(None, ge=1, description="use the first N training examples (after shuffling)")
-    validation_limit: int | None = Field(None, ge=1)
-    test_limit: int | None = Field(None, ge=1, description="score the first N test examples (deterministic)")
+    files: dict[Literal["train", "validation", "test"], str] | None = Field(
+        None, description="your own splits instead of data.source: {train: a.jsonl, validation: b.csv, test: "
+        "c.parquet} (json/jsonl/csv/parquet/txt, any mix; all three)")
+    train_limit: int | None = Field(None, ge=1, description="train on a seeded random sample of N examples")
+    validation_limit: int | None = Field(None, ge=1, description="a seeded random sample of N validation examples "
+                                         "(stratified by label for classification)")
+    test_limit: int | None = Field(None, ge=1, description="score a seeded random sample of N test examples "
+                                   "(stratified by label for classification)")
+    subset_seed: int = Field(0, description="seed of the limits' samples (pipelines/subsets.py)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _files_or_source(cls, raw: Any) -> Any:
+        # data.files replaces data.source; the source then names the files for error messages and tables (a
+        # resolved recipe.yaml has both, the source being FILES_SOURCE).
+        if isinstance(raw, dict) and isinstance(raw.get("files"), dict):
+            if raw.get("source") not in (None, FILES_SOURCE):
+                raise ValueError("give data.source or data.files, not both")
+            missing = [s for s in ("train", "validation", "test") if s not in raw["files"]]
+            if missing:
+                raise ValueError(f"data.files: missing {missing}; give a file for each of train, validation, test")
+            raw = {**raw, "source": FILES_SOURCE}
+        return raw
 
 
 class ClassificationConfig(_Section):
@@ -158,7 +180,8 @@ SELECTION_KEYS = ("eval_limit", "select_best", "early_stopping_patience")
 
 
 class TrainConfig(_Section):
-    """Optimisation: AdamW with linear warmup then cosine/linear decay, clipping, accumulation, checkpoints."""
+    """Optimisation: the optimizer (AdamW by default), transformers' warmup + decay schedules, clipping,
+    accumulation, checkpoints, logging."""
 
     seed: int = 0
     max_steps: int = Field(100, ge=1, description="optimizer steps")
@@ -169,9 +192,14 @@ class TrainConfig(_Section):
     )
     learning_rate: float = Field(3e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)
+    optim: Literal["adamw", "adamw_8bit", "adafactor", "sgd", "rmsprop"] = Field(
+        "adamw", description="adamw (torch, fused where supported), adamw_8bit (bitsandbytes, CUDA only), adafactor "
+        "(transformers), sgd, rmsprop (torch); pipelines/optim.py")
     adam_betas: tuple[float, float] = (0.9, 0.999)
-    warmup_steps: int = Field(0, ge=0)
-    lr_schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    momentum: float = Field(0.9, ge=0, lt=1, description="sgd and rmsprop only")
+    warmup_steps: int = Field(0, ge=0, description="linear warmup from 0 (transformers.get_scheduler)")
+    lr_schedule: Literal["cosine", "linear", "constant", "cosine_with_restarts", "polynomial", "inverse_sqrt"] = Field(
+        "cosine", description="transformers.get_scheduler's schedule after the warmup; constant keeps the warmup")
     max_grad_norm: float | None = Field(1.0, gt=0)
     trainable: Literal["all", "head"] = Field("all", description="head: train only the task head (linear probe)")
     group_by_length: bool = True
@@ -190,10 +218,21 @@ class TrainConfig(_Section):
     early_stopping_patience: int | None = Field(
         None, ge=1, description="stop after N evaluations without improving select_best (else the loss)"
     )
+    report_to: list[Literal[TRACKER_NAMES]] = Field(
+        default_factory=lambda: ["tensorboard"], description="Accelerate trackers to log to (tensorboard, wandb, "
+        "mlflow, aim, trackio, ...; installed); none: only log.jsonl. pipelines/trackers.py")
     save_every: int = Field(0, ge=0, description="Accelerate checkpoint every N steps (0: final only)")
     keep_checkpoints: int = Field(2, ge=1)
     resume: Literal["auto", "never"] = Field("never", description="auto: continue from the latest checkpoint")
     stop_after_steps: int | None = Field(None, ge=1, description="stop (checkpointed) after N steps, to resume later")
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _tracker_list(cls, value: Any) -> Any:
+        # One name is a list of one (train.report_to=mlflow); "none" is no tracker, as in Trainer's report_to.
+        if isinstance(value, str):
+            return [] if value == "none" else [value]
+        return value
 
 
 class EvalConfig(_Section):
@@ -287,7 +326,8 @@ class Recipe(_Section):
     def hash(self) -> str:
         """sha256 of the resolved recipe (everything that defines the run), as recorded in metrics.json."""
         # How a run is driven (resumed, stopped early, which folder) does not change what it computes.
-        spec = self.model_dump(mode="json", exclude={"train": {"resume", "stop_after_steps"}, "output": True})
+        spec = self.model_dump(mode="json", exclude={"train": {"resume", "stop_after_steps", "report_to"},
+                                                       "output": True})
         # The moved keys hash at their old place (defaults where the section is absent), so a run recorded before
         # the move keeps its recipe hash.
         sections = {"classification": ClassificationConfig, "seq2seq": Seq2SeqConfig}

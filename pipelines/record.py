@@ -41,6 +41,8 @@ class DatasetInfo(_Part):
     split: str
     num_examples: int | None = None
     fingerprint: str | None = None
+    subset: str | None = None
+    """how `data.test_limit` sampled the rows (`pipelines.subsets`); null when the whole split is scored"""
 
 
 class TrainStats(_Part):
@@ -273,7 +275,8 @@ def scored_fields(scored, task, data_cfg, rows, seed: int, versions: dict[str, s
     return {
         "primary_metric": scored.primary_metric or task.primary_metric,
         "greater_is_better": task.greater_is_better if scored.greater_is_better is None else scored.greater_is_better,
-        "dataset": dataset_info(data_cfg, rows, packed_view=task.scores_packed_windows),
+        "dataset": dataset_info(data_cfg, rows, packed_view=task.scores_packed_windows,
+                                stratify_role=task.stratify_role),
         "metric_settings": scored.settings,
         "scores": scored.scores,
         "seed": seed,

@@ -35,15 +35,27 @@ def inner_model(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def make_accelerator(run_dir: Path):
-    """The Accelerator a training run uses: TensorBoard logging into the run folder, the scheduler stepped by the
-    loop. Warns when bf16 would be emulated on this CPU (slower than fp32)."""
+def make_accelerator(run_dir: Path, report_to: list[str] | None = None):
+    """The Accelerator a training run uses: the recipe's trackers (`train.report_to`; TensorBoard logs into
+    `run_dir/tensorboard`), the scheduler stepped by the loop. Warns when bf16 would be emulated on this CPU
+    (slower than fp32).
+
+    Args:
+        run_dir: the run folder.
+        report_to: Accelerate tracker names; None or empty: no tracker.
+
+    Raises:
+        TuneforgeError: a tracker whose package is not installed (`pipelines.trackers.check_report_to`).
+    """
     import torch
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration
 
+    from pipelines.trackers import check_report_to
+
+    check_report_to(report_to or [])
     accelerator = Accelerator(
-        log_with="tensorboard",
+        log_with=list(report_to) if report_to else None,
         project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "tensorboard")),
         step_scheduler_with_optimizer=False,
     )

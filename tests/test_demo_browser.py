@@ -212,6 +212,13 @@ def test_leaderboard_tab_shows_tables_charts_and_run_details(page):
     tables = page.locator("#leaderboard-tables")
     expect(tables.locator("table").first).to_be_visible()
     expect(tables).to_contain_text("gpt-lora")
+    # No number wraps mid-word: every cell stays on one line, even in a narrow window (the table scrolls instead).
+    page.set_viewport_size({"width": 480, "height": 900})
+    cells = tables.locator("td").evaluate_all(
+        "tds => tds.map(td => [getComputedStyle(td).whiteSpace, td.textContent])")
+    page.set_viewport_size({"width": 1280, "height": 900})
+    numbers = [c for c in cells if re.fullmatch(r"[-+]?[0-9.,]+%?", c[1].strip())]
+    assert numbers and all(style == "nowrap" for style, _ in numbers), numbers[:5]
     expect(page.locator("#leaderboard-charts img").first).to_be_visible()
     pick_run(page, "details", "gpt-lora")
     expect(page.locator("#leaderboard-curve img")).to_be_visible()

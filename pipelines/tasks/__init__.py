@@ -57,6 +57,8 @@ class Task:
             run's config and its LoRA model card loads it that way.
         metrics: (recipe) -> the scalar scores `score` reports under that recipe, which validation during training
             logs and `train.select_best` may name; None: the loss scores (`names.LOSS_SCORES`).
+        stratify_role: the `data.columns` role whose values the validation/test limits stratify by (classification:
+            "label", so every class is scored), or None for plain seeded samples (`pipelines.subsets`).
     """
 
     name: str
@@ -86,6 +88,7 @@ class Task:
     def metric_names(self, recipe) -> tuple[str, ...]:
         """The scalar scores this task reports under `recipe` (see `metrics`)."""
         return self.metrics(recipe) if self.metrics is not None else LOSS_SCORES
+    stratify_role: str | None = None
 
 
 

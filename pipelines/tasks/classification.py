@@ -325,4 +325,5 @@ TASK = Task(
     throughput_unit="examples",
     head_in_config=True,
     metrics=metrics,
+    stratify_role="label",
 )
