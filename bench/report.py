@@ -7,13 +7,21 @@ from pathlib import Path
 
 from bench.families import Family
 from bench.measure import spread
+from bench.perf_report import bf16_lines, profile_lines, serving_lines, serving_targets
 
 LABELS = {
     "tuneforge": "tuneforge",
     "trainer_defaults": "Trainer, defaults",
     "trainer_speed": "Trainer, tuned for speed",
     "sft_packing": "TRL SFTTrainer, packing",
+    "sft_assistant": "TRL SFTTrainer, assistant-only loss, packing",
+    "tuneforge_bf16": "tuneforge, bf16 autocast",
 }
+# Non-padding tokens/s tuneforge must reach against the best peer, per family (issue 9; issue 21 for chat), and the
+# peak-memory ceiling against the leanest peer (issue 21).
+SPEED_TARGET = {"chat": 1.2}
+RSS_TARGET = {"chat": 0.8}
+MFU_TARGET = {"causal_lm": 0.5, "chat": 0.45}
 # "Same final loss within noise": tuneforge's mean held-out loss may differ from a peer's by at most the noise, the
 # larger spread (max - min over repeats, each repeat a different data-order seed) of the two, and at least this
 # fraction of the peer's loss (so two deterministic repeats cannot make the noise zero).
@@ -46,7 +54,8 @@ def summarize(family: Family, runs: list[dict]) -> dict:
         configs[config] = {"mean": {k: v["mean"] for k, v in stats.items()}, "spread": stats, "runs": ok + failed}
     ratios = {}
     tf = configs.get("tuneforge", {}).get("mean")
-    peers = {c: v["mean"] for c, v in configs.items() if c != "tuneforge" and "mean" in v}
+    # tuneforge's own variants (bf16) are compared with tuneforge fp32, not counted as peers
+    peers = {c: v["mean"] for c, v in configs.items() if not c.startswith("tuneforge") and "mean" in v}
     if tf and peers:
         for config, mean in peers.items():
             ratios[f"nonpad_tokens_per_s_vs_{config}"] = tf["nonpad_tokens_per_s"] / mean["nonpad_tokens_per_s"]
@@ -54,6 +63,14 @@ def summarize(family: Family, runs: list[dict]) -> dict:
         best = max(peers, key=lambda c: peers[c]["nonpad_tokens_per_s"])
         ratios["best_peer"] = best
         ratios["nonpad_tokens_per_s_vs_best_peer"] = tf["nonpad_tokens_per_s"] / peers[best]["nonpad_tokens_per_s"]
+        leanest = min(peers, key=lambda c: peers[c]["peak_rss_mb"])
+        ratios["leanest_peer"] = leanest
+        ratios["peak_rss_vs_leanest_peer"] = tf["peak_rss_mb"] / peers[leanest]["peak_rss_mb"]
+    bf16 = configs.get("tuneforge_bf16", {}).get("mean")
+    if tf and bf16:
+        ratios["bf16_nonpad_tokens_per_s_vs_fp32"] = bf16["nonpad_tokens_per_s"] / tf["nonpad_tokens_per_s"]
+        ratios["bf16_heldout_loss_diff_vs_fp32"] = bf16["heldout_loss"] - tf["heldout_loss"]
+        ratios["bf16_peak_rss_vs_fp32"] = bf16["peak_rss_mb"] / tf["peak_rss_mb"]
     work = {"steps": family.steps, "global_batch": family.batch, "max_length": family.max_length,
             "learning_rate": family.learning_rate, "data": family.data,
             "task_section": family.task_section, "lora": family.lora, "base": family.base,
@@ -62,7 +79,7 @@ def summarize(family: Family, runs: list[dict]) -> dict:
 
 
 def targets(result: dict) -> list[dict]:
-    """Issue 9's targets, each with the measured value and whether it is met."""
+    """Issue 9's and issue 21's targets, each with the measured value and whether it is met."""
     out = []
     fams = result["families"]
 
@@ -74,24 +91,31 @@ def targets(result: dict) -> list[dict]:
         ratios = summary["ratios"]
         configs = summary["configs"]
         add(f"{fam}: non-padding tokens/s vs best peer ({LABELS.get(ratios.get('best_peer'), '-')})",
-            ratios.get("nonpad_tokens_per_s_vs_best_peer"), 1.0)
-        if fam in ("seq2seq", "classification"):
+            ratios.get("nonpad_tokens_per_s_vs_best_peer"), SPEED_TARGET.get(fam, 1.0))
+        if "trainer_defaults" in configs and fam != "causal_lm":
             add(f"{fam}: non-padding tokens/s vs Trainer defaults",
                 ratios.get("nonpad_tokens_per_s_vs_trainer_defaults"), 1.3)
+        if fam in RSS_TARGET:
+            add(f"{fam}: peak RSS vs leanest peer ({LABELS.get(ratios.get('leanest_peer'), '-')})",
+                ratios.get("peak_rss_vs_leanest_peer"), RSS_TARGET[fam], higher=False)
         tf = configs.get("tuneforge", {}).get("mean")
-        for peer in ("trainer_defaults", "trainer_speed"):
-            if tf and "mean" in configs.get(peer, {}):
+        for peer in configs:
+            if tf and not peer.startswith("tuneforge") and "mean" in configs[peer]:
                 noise = loss_noise(configs["tuneforge"], configs[peer])
                 add(f"{fam}: held-out loss difference to {LABELS[peer]} (nats) within noise",
                     abs(tf["heldout_loss"] - configs[peer]["mean"]["heldout_loss"]), noise, higher=False, unit="")
         add(f"{fam}: padding fraction (tuneforge)", tf["padding_fraction"] if tf else None, 0.10, higher=False,
             unit="%")
-    causal = fams.get("causal_lm", {}).get("configs", {}).get("tuneforge", {}).get("mean")
-    if causal:
-        add("causal_lm: MFU of tiny-GPT pretraining vs in-run matmul", causal["mfu"], 0.5, unit="%")
+        for config in ("tuneforge", "tuneforge_bf16"):
+            mean = configs.get(config, {}).get("mean")
+            if fam in MFU_TARGET and mean:
+                add(f"{fam}: MFU of {LABELS[config]} vs in-run matmul, same precision", mean["mfu"], MFU_TARGET[fam],
+                    unit="%")
     speed = result.get("evalspeed") or {}
     if "speedup" in speed:
         add("seq2seq: batched generation vs one at a time", speed["speedup"], 3.0)
+    for name, value, threshold, higher in serving_targets(result.get("serving")):
+        add(name, value, threshold, higher=higher, unit="")
     return out
 
 
@@ -181,6 +205,7 @@ def write_report(result: dict, path: Path) -> None:
                 f"{LABELS[c]}: **{r[f'nonpad_tokens_per_s_vs_{c}']:.2f}x**" for c in peers) + "; held-out loss "
                 "difference (tuneforge - peer): " + ", ".join(
                 f"{LABELS[c]} {r[f'heldout_loss_diff_vs_{c}']:+.3f}" for c in peers) + " nats."]
+        lines += bf16_lines(summary)
         lines.append("")
     speed = result.get("evalspeed")
     if speed:
@@ -195,7 +220,8 @@ def write_report(result: dict, path: Path) -> None:
                 f"{speed['same_output']:.0%} of the outputs are token-identical between the two.", ""]
         else:
             lines += [f"failed: {speed.get('error')}", ""]
-    lines += ["## Targets (issue 9)", "", "| target | measured | threshold | met |", "|---|---:|---:|:---:|"]
+    lines += profile_lines(result.get("profile")) + serving_lines(result.get("serving"))
+    lines += ["## Targets (issues 9 and 21)", "", "| target | measured | threshold | met |", "|---|---:|---:|:---:|"]
     for t in targets(result):
         lines.append(f"| {t['target']} | {_fmt(t['value'], t['unit'])} | {_fmt(t['threshold'], t['unit'])} "
                      f"| {'yes' if t['met'] else '**no**'} |")
