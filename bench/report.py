@@ -231,7 +231,7 @@ def write_report(result: dict, path: Path) -> None:
 
 
 METHOD = """\
-Three task families, each with the same model, data, sequence length, global batch, number of optimizer steps and
+Four task families, each with the same model, data, sequence length, global batch, number of optimizer steps and
 optimizer settings in every configuration (AdamW, constant learning rate, no warmup, no weight decay, gradient
 clipping at 1.0, seed 0, fp32, one process using both cores):
 
@@ -245,6 +245,14 @@ clipping at 1.0, seed 0, fp32, one process using both cores):
 - **classification**: LoRA (r=16, alpha=32, dropout 0.05 on every linear layer, head trained in full; as in
   `recipes/classifier/minilm-lora-sections.yaml`) on the pretrained MiniLM-L6, Debian package name + synopsis ->
   archive section (20 most frequent, the rest as "other"), up to 64 tokens, one epoch over steps x batch rows.
+- **chat**: LoRA (r=16, alpha=32, dropout 0.05, every linear layer but the head) chat SFT of the real
+  SmolLM2-135M-Instruct (dequantized Q4_1, `builtin:smollm2-135m-instruct`) on the built-in man-page conversations
+  (`recipes/gpt/smollm2-chat-lora-manpages.yaml`: a 2000-conversation sample, the system prompt "You explain Unix
+  manual pages.", loss on assistant turns and their `<|im_end|>` only), 256-token sequences, 8 per step (tuneforge
+  and TRL: 8 packed windows; the Trainer rows: the number of whole conversations that holds as many tokens on
+  average), learning rate 0.001, 6 steps. A step is ~8 s on a quiet machine and does the same work every time
+  (full packed windows), so 6 steps x 2 interleaved repeats give a stable rate in ~15 minutes for the family; the
+  held-out loss is scored on 64 validation conversations.
 
 Configurations:
 
@@ -263,6 +271,17 @@ Configurations:
   best-fit-decreasing packing, which turns on padding-free batches (one row per step with `position_ids`; no
   padding is computed). Gradient checkpointing, on by default in TRL, is turned off (it trades speed for memory),
   and `bf16=False` as everywhere.
+- **chat peers** (`bench/chat_peers.py`): the conversations rendered with SmolLM2's ChatML template plus
+  `{% generation %}` markers (checked to render the same text), which transformers' `return_assistant_tokens_mask`
+  and TRL's `assistant_only_loss` need; the same LoRA built by the same code. **Trainer, defaults**: whole
+  conversations padded to the longest of a random batch (`DataCollatorForSeq2Seq`). **Trainer, tuned**:
+  `group_by_length` plus padding-free batches (`DataCollatorWithFlattening`, transformers' documented padding-free
+  collator; SDPA derives the block-diagonal mask from the restarting `position_ids`). **TRL SFTTrainer,
+  assistant-only loss, packing**: `assistant_only_loss=True, packing=True` (best-fit decreasing into 256-token
+  bins, padding-free), gradient checkpointing off, fp32.
+- **tuneforge, bf16 autocast** (chat only): the tuneforge row under `ACCELERATE_MIXED_PRECISION=bf16`; its MFU is
+  against a bf16 matmul timed in the same process. It is compared with tuneforge fp32, not counted as a peer
+  (every peer row runs fp32).
 
 Measured per run, identically for every configuration by a forward pre-hook on the model (`bench/measure.py`):
 tokens computed (encoder + decoder positions), non-padding tokens, the padding fraction 1 - non-padding/tokens,
@@ -278,7 +297,8 @@ process's `ru_maxrss`. **Final train loss** is the framework's own logged mean o
 **held-out loss** scores every trained model with the same code on the same 128 validation rows (mean nats per
 target token), the check that faster training trained the same. Repeat r shuffles the data with seed r, so the
 spread of a configuration's held-out loss over repeats is the data-order noise; a loss difference counts as
-"within noise" when it is at most the larger spread of the two configurations (and at least 1% of the loss)."""
+"within noise" when it is at most the larger spread of the two configurations (and at least 1% of the loss).
+Peak RSS is compared with the leanest peer (the lowest peak of any peer row)."""
 
 NOTES = """\
 ## Notes
@@ -292,7 +312,13 @@ What tuneforge does for speed (all in the shared loop and the task modules, noth
 - training batches are padded to a multiple of 8 only on CUDA (see below);
 - fused AdamW (one kernel per parameter; also `Trainer`'s default since transformers 5);
 - no KV cache while training (`config.use_cache` off in the loop, restored for saving and generation);
-- the causal LM loss shifts the labels instead of slicing the logits (no copy of the `[B, T, vocab]` tensor);
+- the causal LM and chat loss never hold all the logits (`pipelines/lm_loss.py`): the model runs up to the LM
+  head's input, then the head and the cross-entropy run on the positions that have a target only, ~341 tokens at
+  a time for a 49k vocabulary, each chunk under activation checkpointing so the backward recomputes one chunk's
+  logits at a time (no `[B, T, vocab]` tensor, no fp32 copy of it; equal loss and gradients, tests/test_lm_loss.py).
+  For chat, the head runs only on assistant tokens, so tuneforge does less head work than the `6N` model FLOPs
+  count; its MFU column counts the head at every position like the peers', which flatters tuneforge's chat MFU by
+  the skipped share of the head (the tokens/s columns are unaffected);
 - tokenized splits are cached on disk and reused by later runs (`pipelines.tokenized.tokenize_cached`);
 - token and FLOP counts are taken from the host copy of each batch: no step waits on the device for a number;
 - scratch GPT-2 models use GPT-2's tanh GELU as PyTorch's fused kernel (`gelu_pytorch_tanh`); the benchmark's

@@ -125,10 +125,19 @@ def next_token_losses(model, inputs: dict[str, torch.Tensor], labels: torch.Tens
         handle.remove()
     hidden = captured["hidden"]  # [B, T, H]
     rows, cols = torch.nonzero(targets != IGNORE, as_tuple=True)
-    vocab = head.weight.size(0) if hasattr(head, "weight") else head.out_features
+    vocab = vocab_rows(head, model)
     per_token = chunked_nll(head, hidden[rows, cols], targets[rows, cols], max(1, chunk_elements // vocab))
     nll = torch.zeros(labels.size(0), dtype=torch.float32, device=per_token.device).index_add(0, rows, per_token)
     return nll, count
+
+
+def vocab_rows(head: torch.nn.Module, model) -> int:
+    """Output rows of the head (its weight's, through PEFT wrappers' `base_layer`), else the config's vocabulary."""
+    for module in (head, getattr(head, "base_layer", None)):
+        weight = getattr(module, "weight", None)
+        if isinstance(weight, torch.Tensor) and weight.dim() == 2:
+            return weight.size(0)
+    return unwrapped(model).config.get_text_config().vocab_size
 
 
 def plain_losses(model, inputs: dict[str, torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
