@@ -21,8 +21,9 @@ def profile_lines(profile: dict | None) -> list[str]:
         return []
     variants = profile["variants"]
     lines = ["### Profile of one SmolLM2 LoRA chat step (`bench/profile.py`)", "",
-             f"tuneforge's step code on the chat family's batch (8 packed 256-token windows), one warm-up step, then "
-             f"the median of {profile['steps']} timed steps; each variant in its own process.", "",
+             f"tuneforge's step code on the chat family's data ({profile.get('batch', 8)} packed 256-token windows "
+             f"per step), one warm-up step, then the median of {profile['steps']} timed steps; each variant in its "
+             "own process.", "",
              "| variant | s / step | non-padding tokens/s | peak RSS MiB |", "|---|---:|---:|---:|"]
     labels = {"fp32": "fp32, SDPA, chunked loss (as trained)", "fp32_eager": "fp32, eager attention",
               "bf16": "bf16 autocast", "fp32_plain_loss": "fp32, plain loss (all logits at once)"}

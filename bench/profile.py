@@ -52,8 +52,12 @@ def plain_chat_loss(model, batch):
     return plain_losses(model, inputs, targets), (targets != IGNORE).sum(dim=1)
 
 
-def run_variant(name: str, work: Path, steps: int) -> dict:
-    """One variant's warm-up, timed steps and (when asked) profile, in this process."""
+def run_variant(name: str, work: Path, steps: int, batch: int | None = None) -> dict:
+    """One variant's warm-up, timed steps and (when asked) profile, in this process.
+
+    Args:
+        batch: windows per step (default: the chat family's 8).
+    """
     spec = VARIANTS[name]
     if spec.get("precision") == "bf16":
         os.environ["ACCELERATE_MIXED_PRECISION"] = "bf16"
@@ -71,6 +75,7 @@ def run_variant(name: str, work: Path, steps: int) -> dict:
     from pipelines.runtime import keep_freed_memory_mapped
 
     family = FAMILIES["chat"]
+    family = dataclasses.replace(family, batch=batch or family.batch)
     recipe = tuneforge_recipe(family, work, f"profile-{name}")
     if "attn_implementation" in spec:
         recipe = recipe.model_copy(update={"model": recipe.model.model_copy(
@@ -134,21 +139,22 @@ def top_operators(prof) -> list[dict]:
              "total_ms": e.cpu_time_total / 1e3, "self_share": e.self_cpu_time_total / total_self} for e in ranked]
 
 
-def profile_all(work: Path, steps: int, logs: Path) -> dict:
+def profile_all(work: Path, steps: int, logs: Path, batch: int | None = None) -> dict:
     """Every variant in its own `python -m bench.profile --variant` process.
 
     Returns:
         {"variants": {name: result or {"error"}}, "steps": steps}
     """
     root = Path(__file__).resolve().parent.parent
-    out = {"steps": steps, "variants": {}}
+    out = {"steps": steps, "variants": {}, "batch": batch or 8}
     logs.mkdir(parents=True, exist_ok=True)
     for name in VARIANTS:
         target = work / "results" / f"profile-{name}.json"
         target.unlink(missing_ok=True)
         with open(logs / f"profile-{name}.log", "w") as log:
             code = subprocess.call([sys.executable, "-m", "bench.profile", "--variant", name, "--work", str(work),
-                                    "--steps", str(steps), "--out", str(target)], stdout=log, stderr=subprocess.STDOUT,
+                                    "--steps", str(steps), "--out", str(target),
+                                    *(["--batch", str(batch)] if batch else [])], stdout=log, stderr=subprocess.STDOUT,
                                    cwd=root, env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(root)})
         out["variants"][name] = json.loads(target.read_text()) if code == 0 and target.is_file() else {
             "error": f"exit {code}"}
@@ -161,11 +167,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variant", choices=sorted(VARIANTS), default=None, help="run one variant in this process")
     parser.add_argument("--work", type=Path, default=Path("/tmp/tuneforge-bench"))
     parser.add_argument("--steps", type=int, default=2, help="timed steps after the warm-up step")
+    parser.add_argument("--batch", type=int, default=None, help="windows per step (smoke runs; default 8)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     work = args.work.resolve()
-    result = run_variant(args.variant, work, args.steps) if args.variant else profile_all(work, args.steps,
-                                                                                          work / "logs")
+    if args.variant:
+        result = run_variant(args.variant, work, args.steps, args.batch)
+    else:
+        result = profile_all(work, args.steps, work / "logs", args.batch)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
     return 0

@@ -283,3 +283,21 @@ def test_chat_family_keeps_bf16_out_of_the_peers_and_checks_memory_and_serving()
     assert found["chat serving: time to first token, 1 user, bfloat16 (s)"] == (1.2, True)
     assert found["chat serving: streamed tokens/s, 1 user, bfloat16"] == (14.0, False)
     assert not any("bf16 autocast (nats)" in name for name in found)
+
+
+def test_chat_peers_template_renders_smollm2_and_masks_assistant_turns_with_their_end():
+    from tiny_hub import ARCHS, SMOLLM2_TEMPLATE, tokenizer_for
+
+    from bench.chat_peers import TRAINING_TEMPLATE, conversations_per_step, encode
+
+    tok = tokenizer_for(ARCHS["llama"])
+    messages = [{"role": "system", "content": "s"}, {"role": "user", "content": "what is ls"},
+                {"role": "assistant", "content": "list files"}, {"role": "user", "content": "and cp"},
+                {"role": "assistant", "content": "copy files"}]
+    rendered = tok.apply_chat_template(messages, tokenize=False, chat_template=TRAINING_TEMPLATE)
+    assert rendered == tok.apply_chat_template(messages, tokenize=False, chat_template=SMOLLM2_TEMPLATE)
+    tok.chat_template = TRAINING_TEMPLATE
+    row = encode(tok, [messages], 256)[0]
+    supervised = tok.decode([t for t, y in zip(row["input_ids"], row["labels"], strict=True) if y != -100])
+    assert supervised.replace(" ", "") == "listfiles<|im_end|>copyfiles<|im_end|>"
+    assert conversations_per_step([100, 300], batch=8, max_length=256) == 10  # 2048 tokens / 200 per conversation
