@@ -120,7 +120,7 @@ def next_token_losses(model, inputs: dict[str, torch.Tensor], labels: torch.Tens
 
     handle = head.register_forward_pre_hook(take_hidden, with_kwargs=True)
     try:
-        model(**inputs, use_cache=False)
+        empty_logits = model(**inputs, use_cache=False).logits  # [B, 0, vocab]
     finally:
         handle.remove()
     hidden = captured["hidden"]  # [B, T, H]
@@ -128,7 +128,9 @@ def next_token_losses(model, inputs: dict[str, torch.Tensor], labels: torch.Tens
     vocab = vocab_rows(head, model)
     per_token = chunked_nll(head, hidden[rows, cols], targets[rows, cols], max(1, chunk_elements // vocab))
     nll = torch.zeros(labels.size(0), dtype=torch.float32, device=per_token.device).index_add(0, rows, per_token)
-    return nll, count
+    # + 0 x the model's (empty) output: the loss then also flows through what the wrapped forward returned, so
+    # wrappers that hook their outputs for the backward pass (FSDP's pre-backward hooks) still see it.
+    return nll + empty_logits.float().sum() * 0.0, count
 
 
 def vocab_rows(head: torch.nn.Module, model) -> int:
