@@ -314,8 +314,9 @@ What tuneforge does for speed (all in the shared loop and the task modules, noth
 - no KV cache while training (`config.use_cache` off in the loop, restored for saving and generation);
 - the causal LM and chat loss never hold all the logits (`pipelines/lm_loss.py`): the model runs up to the LM
   head's input, then the head and the cross-entropy run on the positions that have a target only, ~341 tokens at
-  a time for a 49k vocabulary, each chunk under activation checkpointing so the backward recomputes one chunk's
-  logits at a time (no `[B, T, vocab]` tensor, no fp32 copy of it; equal loss and gradients, tests/test_lm_loss.py).
+  a time for a 49k vocabulary; when the step's logits would pass 256 MiB, each chunk runs under activation
+  checkpointing so the backward recomputes one chunk's logits at a time (no `[B, T, vocab]` tensor, no fp32 copy
+  of it; equal loss and gradients, tests/test_lm_loss.py).
   For chat, the head runs only on assistant tokens, so tuneforge does less head work than the `6N` model FLOPs
   count; its MFU column counts the head at every position like the peers', which flatters tuneforge's chat MFU by
   the skipped share of the head (the tokens/s columns are unaffected);

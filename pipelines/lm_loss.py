@@ -5,8 +5,9 @@ vocabulary one 8 x 256-token micro-batch makes ~400 MB of fp32 logits, and autog
 gradient) alive until the backward pass: memory, not matmuls, becomes the limit. Here the model runs as usual up
 to the head's input; the head itself sees an empty slice (so the model's own `logits` output is [B, 0, vocab]),
 and `chunked_nll` applies the head and the cross-entropy to the positions that have a target, a few hundred
-tokens at a time. Each chunk runs under `torch.utils.checkpoint` (non-reentrant), so the forward keeps only the
-chunk's input rows and its per-token losses; the backward recomputes one chunk's logits at a time. Peak memory
+tokens at a time. When the step's logits would be large (`RECOMPUTE_ABOVE`), each chunk runs under
+`torch.utils.checkpoint` (non-reentrant), so the forward keeps only the chunk's input rows and its per-token
+losses and the backward recomputes one chunk's logits at a time. Peak memory
 then no longer scales with vocabulary x batch x length (TRL's chunked NLL and Liger's fused linear
 cross-entropy follow the same idea: trl PR #5575; Hsu et al. 2024, "Liger Kernel", arXiv:2410.10989, section 3.4).
 
@@ -31,6 +32,11 @@ IGNORE = -100
 # 341 tokens for SmolLM2's 49,152-token vocabulary, 2,048 for an 8k tiny GPT-2; large enough that the head's
 # matmul stays efficient, small enough that the step's peak is set by the activations, not the logits.
 CHUNK_ELEMENTS = 2**24
+# Checkpoint the chunks only when all the step's logits would exceed 2**26 elements (256 MiB fp32): recomputing
+# the head in backward costs one more head forward per target token (+50% head work), which only pays when the
+# logits are big. A tiny GPT-2 (8k vocabulary, 16 x 256 targets: 33M logits) keeps its chunks' logits for the
+# backward; SmolLM2 on 8 x 256 targets (100M logits, 400 MB) recomputes them.
+RECOMPUTE_ABOVE = 2**26
 # Config attributes that change the logits after the head (softcapping, scaling): the chunked path would miss
 # them, so such models keep the plain loss.
 POST_HEAD_ATTRIBUTES = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
@@ -63,7 +69,7 @@ def output_head(model) -> torch.nn.Module | None:
 
 
 def chunked_nll(head: Callable[[torch.Tensor], torch.Tensor], hidden: torch.Tensor, targets: torch.Tensor,
-                chunk: int) -> torch.Tensor:
+                chunk: int, recompute: bool = True) -> torch.Tensor:
     """Cross-entropy of `head(hidden)` against `targets`, `chunk` rows at a time.
 
     Args:
@@ -71,6 +77,7 @@ def chunked_nll(head: Callable[[torch.Tensor], torch.Tensor], hidden: torch.Tens
         hidden: [n, H] hidden states of the positions with a target.
         targets: [n] int64 target ids (no -100).
         chunk: rows per chunk.
+        recompute: checkpoint each chunk (its logits are recomputed in backward instead of kept).
 
     Returns:
         [n] float32 per-token loss in nats, as `F.cross_entropy(head(hidden).float(), targets, reduction="none")`.
@@ -80,7 +87,7 @@ def chunked_nll(head: Callable[[torch.Tensor], torch.Tensor], hidden: torch.Tens
         return F.cross_entropy(head(h).float(), y, reduction="none")
 
     # Checkpointing only pays when autograd would keep the chunk's logits for the backward pass.
-    remember = torch.is_grad_enabled() and hidden.requires_grad
+    remember = recompute and torch.is_grad_enabled() and hidden.requires_grad
     parts = []
     for start in range(0, hidden.size(0), chunk):
         h, y = hidden[start : start + chunk], targets[start : start + chunk]
@@ -89,7 +96,8 @@ def chunked_nll(head: Callable[[torch.Tensor], torch.Tensor], hidden: torch.Tens
 
 
 def next_token_losses(model, inputs: dict[str, torch.Tensor], labels: torch.Tensor,
-                      chunk_elements: int = CHUNK_ELEMENTS) -> tuple[torch.Tensor, torch.Tensor]:
+                      chunk_elements: int = CHUNK_ELEMENTS, recompute_above: int = RECOMPUTE_ABOVE
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-example summed next-token cross-entropy and target counts, without materializing all the logits.
 
     Position t predicts token t+1: the targets are `labels[:, 1:]` (the last position predicts nothing, as in
@@ -101,6 +109,7 @@ def next_token_losses(model, inputs: dict[str, torch.Tensor], labels: torch.Tens
         inputs: keyword arguments of the forward (input_ids [B, T] and attention_mask or position_ids [B, T]).
         labels: [B, T] int64, unshifted, -100 where there is no target.
         chunk_elements: logit elements per chunk (chunk tokens = chunk_elements // vocab, at least 1).
+        recompute_above: checkpoint the chunks when targets x vocab exceeds this many logit elements.
 
     Returns:
         (nll [B] float32 nats, count [B] int64 targets).
@@ -126,7 +135,8 @@ def next_token_losses(model, inputs: dict[str, torch.Tensor], labels: torch.Tens
     hidden = captured["hidden"]  # [B, T, H]
     rows, cols = torch.nonzero(targets != IGNORE, as_tuple=True)
     vocab = vocab_rows(head, model)
-    per_token = chunked_nll(head, hidden[rows, cols], targets[rows, cols], max(1, chunk_elements // vocab))
+    per_token = chunked_nll(head, hidden[rows, cols], targets[rows, cols], max(1, chunk_elements // vocab),
+                            recompute=rows.numel() * vocab > recompute_above)
     nll = torch.zeros(labels.size(0), dtype=torch.float32, device=per_token.device).index_add(0, rows, per_token)
     # + 0 x the model's (empty) output: the loss then also flows through what the wrapped forward returned, so
     # wrappers that hook their outputs for the backward pass (FSDP's pre-backward hooks) still see it.

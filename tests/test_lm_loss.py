@@ -56,7 +56,7 @@ def test_chunked_loss_and_gradients_equal_plain(arch):
     ref.sum().backward()
     ref_grads = grads(model)
     # 7 rows per chunk: the 52 targets span 8 chunks, the last one partial.
-    nll, n = next_token_losses(model, inputs, b["labels"], chunk_elements=7 * 512)
+    nll, n = next_token_losses(model, inputs, b["labels"], chunk_elements=7 * 512, recompute_above=0)
     nll.sum().backward()
     new_grads = grads(model)
     assert n.tolist() == ref_n.tolist() == [19, 16, 17]
@@ -72,13 +72,17 @@ def test_head_never_sees_more_than_one_chunk_and_skips_untargeted_positions():
     seen = []
     model.lm_head.register_forward_hook(lambda m, args, out: seen.append(out.shape[:-1].numel()))
     inputs = {"input_ids": b["input_ids"], "attention_mask": b["attention_mask"]}
-    nll, _ = next_token_losses(model, inputs, b["labels"], chunk_elements=16 * 512)
+    nll, _ = next_token_losses(model, inputs, b["labels"], chunk_elements=16 * 512, recompute_above=0)
     nll.sum().backward()
     # forward: the model's own call on an empty slice, then 4 chunks (16+16+16+4 = 52 targets);
     # backward: the checkpointed chunks run the head once more each.
     assert seen[0] == 0
     assert max(seen) == 16
     assert sum(seen) == 2 * 52
+    seen.clear()  # small logits (under recompute_above): the chunks' logits are kept, the head runs once
+    nll, _ = next_token_losses(model, inputs, b["labels"], chunk_elements=16 * 512)
+    nll.sum().backward()
+    assert (max(seen), sum(seen)) == (16, 52)
 
 
 def test_lora_packed_chat_batch_matches_plain():
