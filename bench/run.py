@@ -1,15 +1,16 @@
 """Run the whole benchmark and write docs/benchmarks.md: `python -m bench.run`.
 
     .venv/bin/pip install -e ".[bench]"        # the peers: TRL (transformers' Trainer comes with tuneforge)
-    .venv/bin/python -m bench.run              # every family, 2 interleaved repeats, < 20 minutes on 2 CPU cores
+    .venv/bin/python -m bench.run              # every family, 2 interleaved repeats, profile, serving: < 30 min
 
 Protocol: for each family, every configuration runs in its own fresh process (so peak resident memory is that
 configuration's alone, read from the finished process's rusage), in the order A B C D, then D C B A (a palindrome
 cancels a linear drift of the machine's speed), and each row reports the mean of its repeats. Repeat r shuffles
 the data with seed r (the same base weights), so the spread of the losses over repeats measures how much the
 data order alone moves them: the noise a loss difference between configurations is judged against. The seq2seq model
-that tuneforge trained is then used for the evaluation-speed measurement. Results go to `<work>/results.json` and,
-with `--report`, to a markdown file with the JSON attached.
+that tuneforge trained is then used for the evaluation-speed measurement; then the SmolLM2 chat step is profiled
+(`bench/profile.py`) and the chat run tuneforge trained is served through the demo's chat path (`bench/serve.py`).
+Results go to `<work>/results.json` and, with `--report`, to a markdown file with the JSON attached.
 """
 
 from __future__ import annotations
@@ -69,6 +70,22 @@ def run_worker(args: list[str], log: Path) -> tuple[float, float, int]:
     return time.perf_counter() - t0, usage.ru_maxrss / 1024, proc.returncode
 
 
+def run_stage(module_args: list[str], out: Path, log: Path) -> dict:
+    """Run `python -m MODULE ARGS --out OUT` (profile, serving) and return its JSON, or {"error"} if it failed."""
+    out.unlink(missing_ok=True)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    t0 = time.perf_counter()
+    with open(log, "w") as sink:
+        code = subprocess.call([sys.executable, "-m", *module_args, "--out", str(out)], stdout=sink,
+                               stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+    result = json.loads(out.read_text()) if code == 0 and out.is_file() else {"error": f"exit {code}, see {log}"}
+    result["seconds"] = time.perf_counter() - t0
+    print(f"[bench] {module_args[0]}: {'failed' if 'error' in result else 'done'} in {result['seconds']:.0f} s",
+          flush=True)
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="tuneforge vs transformers Trainer / TRL SFTTrainer benchmark")
     parser.add_argument("--families", default=",".join(FAMILIES), help="comma-separated, default: all")
@@ -77,6 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=Path("/tmp/tuneforge-bench"), help="runs, bases and logs")
     parser.add_argument("--report", type=Path, default=None, help="write the markdown report here")
     parser.add_argument("--no-evalspeed", action="store_true", help="skip the generation-speed measurement")
+    parser.add_argument("--no-profile", action="store_true", help="skip the SmolLM2 step profile (bench/profile.py)")
+    parser.add_argument("--no-serving", action="store_true", help="skip the chat serving speed (bench/serve.py)")
+    parser.add_argument("--profile-steps", type=int, default=2, help="timed steps per profile variant")
     args = parser.parse_args(argv)
     work = args.work.resolve()
     families = [scaled(FAMILIES[f], args.scale) for f in args.families.split(",")]
@@ -117,6 +137,13 @@ def main(argv: list[str] | None = None) -> int:
                                       str(model), "--scale", str(args.scale)], work / "logs" / "evalspeed.log")
         result["evalspeed"] = json.loads(out.read_text()) if code == 0 else {"error": f"exit {code}"}
         print(f"[bench] evalspeed: {result['evalspeed']}", flush=True)
+    if not args.no_profile:
+        result["profile"] = run_stage(["bench.profile", "--work", str(work), "--steps", str(args.profile_steps)],
+                                      work / "results" / "profile.json", work / "logs" / "profile.log")
+    chat_run = work / "runs" / "chat-tuneforge-r0"
+    if not args.no_serving and (chat_run / "model").is_dir():
+        result["serving"] = run_stage(["bench.serve", "--run", str(chat_run)], work / "results" / "serving.json",
+                                      work / "logs" / "serving.log")
     result["load_average_end"] = os.getloadavg()
     result["total_seconds"] = time.perf_counter() - started
     (work / "results.json").write_text(json.dumps(result, indent=1))

@@ -9,6 +9,10 @@ Configs:
                       batches (`train_sampling_strategy="group_by_length"`),
                       padding to a multiple of 8, fused AdamW (already the default), packed windows for causal LM.
     sft_packing       TRL `SFTTrainer` with `packing=True` (its default best-fit-decreasing packing, padding-free).
+    sft_assistant     chat: TRL `SFTTrainer` with `assistant_only_loss=True` and packing (bench/chat_peers.py).
+    tuneforge_bf16    tuneforge under bf16 autocast (`ACCELERATE_MIXED_PRECISION=bf16`); MFU against a bf16 matmul.
+
+The chat family's `Trainer` rows and its TRL row are in bench/chat_peers.py.
 
 Each process measures a large matmul after training (the MFU reference) and writes one JSON result. Peak memory is
 read by the parent from the finished process's rusage.
@@ -35,7 +39,7 @@ from bench.measure import TokenCounter  # noqa: E402
 from pipelines.flops import matmul_flops_per_s  # noqa: E402
 
 PROBE_BUDGET_S = 3.0
-CONFIGS = ("tuneforge", "trainer_defaults", "trainer_speed", "sft_packing")
+CONFIGS = ("tuneforge", "tuneforge_bf16", "trainer_defaults", "trainer_speed", "sft_packing", "sft_assistant")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -70,7 +74,7 @@ def run_tuneforge(family: Family, work: Path, name: str) -> dict:
 
 @torch.no_grad()
 def heldout_loss(family: Family, work: Path, model, tokenizer) -> float:
-    """Mean loss per target token (nats) on the family's first `HELDOUT` validation rows, the same code for all.
+    """Mean loss per target token (nats) on the family's first `heldout` validation rows, the same code for all.
 
     Rows, tokenization, batching and loss are tuneforge's (`pipelines.tasks`), so the number compares the trained
     weights and nothing else.
@@ -309,13 +313,27 @@ def main(argv: list[str] | None = None) -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=1))
         return 0
-    if args.config == "tuneforge":
+    dtype = torch.float32
+    if args.config == "tuneforge_bf16":
+        os.environ["ACCELERATE_MIXED_PRECISION"] = "bf16"  # read by the Accelerator the loop creates
+        dtype = torch.bfloat16
+    if args.config.startswith("tuneforge"):
         result = run_tuneforge(family, args.work, name)
     elif args.config == "sft_packing":
         result = run_sft(family, args.work, name)
+    elif args.config == "sft_assistant":
+        from bench.chat_peers import run_sft_chat
+
+        result = run_sft_chat(family, args.work, name)
+    elif family.name == "chat":
+        from bench.chat_peers import run_trainer_chat
+
+        result = run_trainer_chat(family, args.work, name, speed=args.config == "trainer_speed")
     else:
         result = run_trainer(family, args.work, name, speed=args.config == "trainer_speed")
-    result["matmul_flops_per_s"] = matmul_flops_per_s("cpu", torch.float32, budget_s=PROBE_BUDGET_S)
+    # MFU reference: a large matmul in the precision the run computed in, timed in this process after training.
+    result["matmul_flops_per_s"] = matmul_flops_per_s("cpu", dtype, budget_s=PROBE_BUDGET_S)
+    result["precision"] = "bf16" if dtype == torch.bfloat16 else "fp32"
     result.update(family=args.family, config=args.config, steps=family.steps, batch=family.batch,
                   threads=torch.get_num_threads())
     args.out.parent.mkdir(parents=True, exist_ok=True)

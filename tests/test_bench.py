@@ -258,3 +258,46 @@ def test_check_metrics_recomputes_scores_and_flags_a_tampered_one(tmp_path, caps
     (run / "metrics.json").write_text(json.dumps({**metrics, "scores": {**scores, "macro_f1": 0.4}}))
     assert check([str(tmp_path / "runs")]) == 1
     assert "cls: macro_f1 stored 0.4 recomputed 0.3888888889 DIFFERENT" in capsys.readouterr().out
+
+
+def test_chat_family_keeps_bf16_out_of_the_peers_and_checks_memory_and_serving():
+    family = dataclasses.replace(FAMILIES["chat"], steps=4)
+    runs = [_run("tuneforge", 10, 1000, 1000, 2.00), _run("tuneforge_bf16", 5, 1000, 1000, 2.00),
+            {**_run("trainer_defaults", 20, 600, 1000, 2.01), "peak_rss_mb": 1000.0},
+            {**_run("sft_assistant", 12, 1000, 1000, 2.00), "peak_rss_mb": 1500.0}]
+    runs[0]["peak_rss_mb"] = 700.0
+    summary = summarize(family, runs)
+    ratios = summary["ratios"]
+    assert ratios["best_peer"] == "sft_assistant"  # bf16 is twice as fast but is tuneforge's own variant
+    assert ratios["nonpad_tokens_per_s_vs_best_peer"] == pytest.approx(1.2)
+    assert (ratios["leanest_peer"], ratios["peak_rss_vs_leanest_peer"]) == ("trainer_defaults", pytest.approx(0.7))
+    assert ratios["bf16_nonpad_tokens_per_s_vs_fp32"] == pytest.approx(2.0)
+    serving = {"fastest": "bfloat16", "dtypes": {"bfloat16": {"one_user": {"ttft_s": 1.2, "tokens_per_s": 14.0}}}}
+    found = {t["target"]: (round(t["value"], 4), t["met"]) for t in targets(
+        {"families": {"chat": summary}, "serving": serving})}
+    best = "chat: non-padding tokens/s vs best peer (TRL SFTTrainer, assistant-only loss, packing)"
+    assert found[best] == (1.2, True)
+    assert found["chat: peak RSS vs leanest peer (Trainer, defaults)"] == (0.7, True)
+    assert found["chat: MFU of tuneforge vs in-run matmul, same precision"] == (0.2, False)  # 2e9 / 10 s / 1e9
+    assert found["chat: MFU of tuneforge, bf16 autocast vs in-run matmul, same precision"] == (0.4, False)
+    assert found["chat serving: time to first token, 1 user, bfloat16 (s)"] == (1.2, True)
+    assert found["chat serving: streamed tokens/s, 1 user, bfloat16"] == (14.0, False)
+    assert not any("bf16 autocast (nats)" in name for name in found)
+
+
+def test_chat_peers_template_renders_smollm2_and_masks_assistant_turns_with_their_end():
+    from tiny_hub import ARCHS, SMOLLM2_TEMPLATE, tokenizer_for
+
+    from bench.chat_peers import TRAINING_TEMPLATE, conversations_per_step, encode
+
+    tok = tokenizer_for(ARCHS["llama"])
+    messages = [{"role": "system", "content": "s"}, {"role": "user", "content": "what is ls"},
+                {"role": "assistant", "content": "list files"}, {"role": "user", "content": "and cp"},
+                {"role": "assistant", "content": "copy files"}]
+    rendered = tok.apply_chat_template(messages, tokenize=False, chat_template=TRAINING_TEMPLATE)
+    assert rendered == tok.apply_chat_template(messages, tokenize=False, chat_template=SMOLLM2_TEMPLATE)
+    tok.chat_template = TRAINING_TEMPLATE
+    row = encode(tok, [messages], 256)[0]
+    supervised = tok.decode([t for t, y in zip(row["input_ids"], row["labels"], strict=True) if y != -100])
+    assert supervised.replace(" ", "") == "listfiles<|im_end|>copyfiles<|im_end|>"
+    assert conversations_per_step([100, 300], batch=8, max_length=256) == 10  # 2048 tokens / 200 per conversation

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import datasets
 import torch
-import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
 from pipelines.batching import IGNORE, PAD_MULTIPLE, right_pad
+from pipelines.lm_loss import next_token_losses
 from pipelines.recipe import Recipe
 from pipelines.scoring import (
     ScoreContext,
@@ -116,21 +116,15 @@ def collate(features: list[dict], tokenizer, recipe: Recipe, pad_to_multiple_of:
 def loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-example summed next-token cross-entropy (nats) and target counts.
 
-    Position t predicts token t+1: logits[:, :-1] against labels[:, 1:], -100 ignored. Summing (not
-    averaging) lets the loop weight every token equally across micro-batches and processes.
+    Position t predicts token t+1 (labels[:, 1:], -100 ignored). Summing (not averaging) lets the loop weight
+    every token equally across micro-batches and processes. The LM head and the loss run per chunk of target
+    tokens (`pipelines.lm_loss`), so all the [B, T, vocab] logits never exist at once.
 
     Returns:
         (nll [B] float32, count [B] int64)
     """
-    # use_cache=False: training and scoring never reuse past keys/values, so building the cache is wasted work.
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-    # Shift the labels, not the logits: slicing logits[:, :-1] would copy the step's largest tensor ([B, T, vocab])
-    # forward and backward. The last position predicts nothing (-100), as in transformers' ForCausalLMLoss.
-    targets = F.pad(batch["labels"][:, 1:], (0, 1), value=IGNORE)
-    nll = F.cross_entropy(
-        logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE, reduction="none"
-    ).view(targets.shape)
-    return nll.sum(dim=1), (targets != IGNORE).sum(dim=1)
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    return next_token_losses(model, inputs, batch["labels"])
 
 
 def num_targets(batch: dict[str, torch.Tensor]) -> int:

@@ -41,6 +41,7 @@ from transformers import AutoModelForCausalLM
 
 from pipelines.errors import TuneforgeError
 from pipelines.generation import decode, generate_ids
+from pipelines.lm_loss import next_token_losses
 from pipelines.recipe import Recipe
 from pipelines.runtime import inner_model
 from pipelines.scoring import ScoreContext, Scored, example_losses, generation_score_names, loss_evidence
@@ -285,11 +286,8 @@ def loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Ten
     """
     if "position_ids" not in batch:
         return causal_lm.loss(model, batch)
-
-    def packed_forward(input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs):
-        return model(input_ids=input_ids, position_ids=batch["position_ids"], **kwargs)
-
-    return causal_lm.loss(packed_forward, batch)
+    return next_token_losses(model, {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"]},
+                             batch["labels"])
 
 
 def first_answer_prompts(rows: datasets.Dataset, recipe: Recipe) -> tuple[list[list[dict]], list[str]]:
