@@ -16,7 +16,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from transformers import AutoTokenizer
 
-from pipelines import checks, modeling, scratch
+from pipelines import checks, modeling, peft_methods, scratch
 from pipelines import data as data_lib
 from pipelines.errors import TuneforgeError
 from pipelines.recipe import Recipe
@@ -115,6 +115,8 @@ def make_optimizer(model: torch.nn.Module, recipe: Recipe) -> torch.optim.Optimi
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
     fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+    if recipe.lora is not None and recipe.lora.lr_ratio is not None:
+        return peft_methods.loraplus_optimizer(model, recipe, fused)
     return torch.optim.AdamW(groups, lr=recipe.train.learning_rate, betas=recipe.train.adam_betas, fused=fused)
 
 

@@ -15,6 +15,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipelines.errors import TuneforgeError
+from pipelines.peft_options import METHOD_NAMES as PEFT_METHODS
+from pipelines.peft_options import method_options, option_problem
 from pipelines.recipe_errors import format_errors
 from pipelines.tasks.names import TASK_NAMES, TASK_SECTIONS
 
@@ -67,9 +69,14 @@ class ModelConfig(_Section):
 
 
 class LoraConfig(_Section):
-    """LoRA (Hu et al. 2021, arXiv:2106.09685) through PEFT. A recipe without `lora:` finetunes fully."""
+    """A PEFT adapter: LoRA (Hu et al. 2021, arXiv:2106.09685) or another PEFT method (`method`).
 
-    r: int = Field(8, ge=1, description="LoRA rank")
+    A recipe without `lora:` finetunes fully. Each method takes only its own options (`pipelines.peft_options`);
+    docs/peft-methods.md compares them.
+    """
+
+    method: Literal[PEFT_METHODS] = Field("lora", description="lora | ia3 | vera | loha | oft (PEFT tuners)")
+    r: int = Field(8, ge=1, description="rank (lora, loha; vera's shared random matrices' rank)")
     alpha: float = Field(16, gt=0, description="scaling numerator: update is (alpha / r) * B @ A (rsLoRA: sqrt(r))")
     dropout: float = Field(0.05, ge=0.0, lt=1.0)
     target_modules: Literal["auto"] | list[str] = Field(
@@ -80,6 +87,31 @@ class LoraConfig(_Section):
     use_dora: bool = False
     use_rslora: bool = False
     bias: Literal["none", "all", "lora_only"] = "none"
+    init: Literal["default", "gaussian", "pissa", "olora"] = Field(
+        "default", description="LoRA initialisation: default (PEFT: Kaiming-uniform A, zero B), gaussian (A ~ "
+        "N(0, 1/r)), pissa (principal singular vectors, arXiv:2404.02948), olora (QR, arXiv:2406.01775)")
+    lr_ratio: float | None = Field(
+        None, gt=0, description="LoRA+ (Hayou et al. 2024, arXiv:2402.12354): the B matrices learn at "
+        "lr_ratio x train.learning_rate; the paper suggests 16")
+    block_size: int = Field(32, ge=1, description="oft: size of each orthogonal block; must divide the layers' widths")
+
+    @model_validator(mode="after")
+    def _options_fit_method(self) -> LoraConfig:
+        problem = option_problem(self.method, set(self.model_fields_set))
+        if problem:
+            raise ValueError(problem)
+        return self
+
+    def label(self) -> str:
+        """How tables name the method: 'lora', 'lora+ (pissa)', 'ia3', ... (options that change what trains)."""
+        extras = [self.init] if self.init != "default" else []
+        extras += [name for name in ("use_dora", "use_rslora") if getattr(self, name)]
+        extras = [e.removeprefix("use_") for e in extras]
+        name = "lora+" if self.lr_ratio else self.method
+        return name + (f" ({', '.join(extras)})" if extras else "")
+
+
+LORA_KEYS_HASHED_WHEN_SET = ("method", "init", "lr_ratio", "block_size")
 
 
 class SourceSpec(_Section):
@@ -250,7 +282,7 @@ class Recipe(_Section):
         if self.model.scratch is not None:
             return "scratch"
         if self.lora is not None:
-            return "lora"
+            return self.lora.label()
         return "head" if self.train.trainable == "head" else "full"
 
     def run_name(self, recipe_path: str | Path | None = None) -> str:
@@ -261,7 +293,11 @@ class Recipe(_Section):
         return Path(recipe_path).stem
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+        """The resolved recipe as YAML (recipe.yaml of a run); it loads back as the same recipe."""
+        spec = self.model_dump(mode="json")
+        if self.lora is not None:  # only the method's own options: another method's would be refused on reload
+            spec["lora"] = {k: v for k, v in spec["lora"].items() if k in method_options(self.lora.method)}
+        return yaml.safe_dump(spec, sort_keys=False)
 
     def hash(self) -> str:
         """sha256 of the resolved recipe (everything that defines the run), as recorded in metrics.json."""
@@ -276,6 +312,11 @@ class Recipe(_Section):
             spec["data"][key] = values[field] if field in values else sections[section].model_fields[field].default
         for section in sections:
             spec.pop(section, None)
+        # The PEFT-method keys hash only when set away from their defaults, so a plain LoRA run recorded before they
+        # existed keeps its recipe hash.
+        for key in LORA_KEYS_HASHED_WHEN_SET:
+            if spec.get("lora") and spec["lora"][key] == LoraConfig.model_fields[key].default:
+                del spec["lora"][key]
         blob = json.dumps(spec, sort_keys=True).encode()
         return "sha256:" + hashlib.sha256(blob).hexdigest()[:16]
 
