@@ -359,7 +359,7 @@ def apply_lora(
         cfg, task_type, modules_to_save=save, exclude_modules=exclude,
         trainable_token_indices=trainable_token_indices,
         # GPT-2's Conv1D stores weights as (in, out); PEFT needs to know (it warns and sets it itself otherwise).
-        conv1d=any(isinstance(m, Conv1D) for m in model.modules()),
+        conv1d=peft_methods.has_conv1d(model),
     )
     return get_peft_model(model, peft_cfg)
 

@@ -11,6 +11,7 @@ import torch
 from peft import IA3Config, LoHaConfig, OFTConfig, PeftConfig, VeraConfig
 from peft import LoraConfig as PeftLoraConfig
 from peft.optimizers import create_loraplus_optimizer
+from transformers.pytorch_utils import Conv1D
 
 from pipelines.errors import TuneforgeError
 from pipelines.recipe import LoraConfig, Recipe
@@ -46,12 +47,9 @@ def peft_config(
         TuneforgeError: a method or initialisation PEFT cannot apply to Conv1D layers, or a non-LoRA method on a task
             that added tokens (only LoRA trains single embedding rows).
     """
-    linear_only = "olora" if cfg.method == "lora" and cfg.init == "olora" else cfg.method
-    if conv1d and linear_only in LINEAR_ONLY:
-        raise TuneforgeError(
-            f"{LINEAR_ONLY[linear_only]}: PEFT applies it to nn.Linear layers only, and this model's layers are "
-            "GPT-2 Conv1D; use lora.method: lora (default init), ia3 or vera for GPT-2-style models"
-        )
+    problem = conv1d_problem(cfg, conv1d)
+    if problem:
+        raise TuneforgeError(problem)
     if trainable_token_indices and cfg.method != "lora":
         raise TuneforgeError(
             f"lora.method: {cfg.method!r} cannot train the {len(trainable_token_indices)} token(s) this task added "
@@ -92,6 +90,25 @@ def peft_config(
         trainable_token_indices=list(trainable_token_indices) if trainable_token_indices else None,
         fan_in_fan_out=conv1d,
     )
+
+
+def conv1d_problem(cfg: LoraConfig, conv1d: bool) -> str | None:
+    """Why PEFT cannot apply the recipe's method to a model with GPT-2 Conv1D layers, or None.
+
+    Args:
+        cfg: the recipe's `lora:` section.
+        conv1d: the model has Conv1D layers (`has_conv1d`).
+    """
+    linear_only = "olora" if cfg.method == "lora" and cfg.init == "olora" else cfg.method
+    if not conv1d or linear_only not in LINEAR_ONLY:
+        return None
+    return (f"{LINEAR_ONLY[linear_only]}: PEFT applies it to nn.Linear layers only, and this model's layers are "
+            "GPT-2 Conv1D; use lora.method: lora (default init), ia3 or vera for GPT-2-style models")
+
+
+def has_conv1d(model: torch.nn.Module) -> bool:
+    """Whether `model` has GPT-2 Conv1D layers (weights stored (in, out): PEFT's `fan_in_fan_out`)."""
+    return any(isinstance(m, Conv1D) for m in model.modules())
 
 
 def loraplus_optimizer(model: torch.nn.Module, recipe: Recipe, fused: bool) -> torch.optim.Optimizer:
