@@ -116,7 +116,8 @@ def _override(key: str, value) -> str:
     return f"{key}={flow(value)}"
 
 
-def check_space(raw: dict, origin: str, fixed: list[str], params: list[Param], sampler: str) -> list[str]:
+def check_space(raw: dict, origin: str, fixed: list[str], params: list[Param], sampler: str, *,
+                combinations: bool = True) -> list[str]:
     """Every problem of a sweep's keys and values, found before any trial starts.
 
     Each value is tried in the recipe alone (schema: unknown keys with did-you-mean, wrong types, impossible values;
@@ -129,6 +130,7 @@ def check_space(raw: dict, origin: str, fixed: list[str], params: list[Param], s
         fixed: overrides every trial gets (`key=value` strings).
         params: the parsed sweep parameters.
         sampler: grid, random or tpe.
+        combinations: also check each grid combination (once every key and value alone is fine).
 
     Returns:
         The problems, one per line (empty: the sweep may start).
@@ -150,12 +152,14 @@ def check_space(raw: dict, origin: str, fixed: list[str], params: list[Param], s
             try:
                 recipe = build_recipe(raw, [*fixed, _override(p.key, value)], origin=origin)
             except TuneforgeError as exc:
-                problems.append(f"{p.key}={flow(value)}: " + str(exc).split(":\n  ", 1)[-1].replace("\n  ", "; "))
+                detail = str(exc).split(":\n  ", 1)[-1].replace("\n  ", "; ")
+                if not any(line.endswith(f": {detail}") and line.startswith(f"{p.key}=") for line in problems):
+                    problems.append(f"{p.key}={flow(value)}: {detail}")  # an unknown key once, not per value
                 continue
             if recipe.hash() not in checked:
                 checked[recipe.hash()] = check_recipe(recipe).errors
             problems += [f"{p.key}={flow(value)}: {e}" for e in checked[recipe.hash()]]
-    if not problems and sampler == "grid":
+    if combinations and not problems and sampler == "grid":
         combos = grid(params)
         if len(combos) > MAX_GRID:
             return [f"the grid has {len(combos)} combinations (more than {MAX_GRID}); use --sampler tpe --trials N"]
@@ -256,13 +260,13 @@ def plan(recipe_path: str, items: list[str], *, trials: int | None, sampler: str
         problems.append(f"--sampler: unknown {sampler!r}; use one of {', '.join(SAMPLERS)}")
     if trials is not None and trials < 1:
         problems.append(f"--trials: {trials}; give a whole number >= 1")
-    if not problems:
-        try:
-            recipe = build_recipe(raw, fixed, origin=recipe_path)
-        except TuneforgeError as exc:
-            problems.append(str(exc))
-    if not problems:
-        problems += check_space(raw, recipe_path, fixed, swept, sampler)
+    try:
+        recipe = build_recipe(raw, fixed, origin=recipe_path)
+    except TuneforgeError as exc:
+        problems.append(str(exc))
+    else:  # the keys that parsed are checked even when others did not: every problem is reported at once
+        problems += check_space(raw, recipe_path, fixed, swept, sampler if sampler in SAMPLERS else "tpe",
+                                combinations=not problems)
     if sampler == "grid" and not problems:
         size = len(grid(swept))
         if trials is not None and trials > size:
