@@ -48,6 +48,10 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--sampler", choices=["grid", "random", "tpe"],
                    help="default: grid when every key lists values, else tpe")
     w.add_argument("--name", help="the sweep's folder under output.dir (default: <run name>-sweep)")
+    w.add_argument("--commands", nargs="?", const="accelerate launch --config_file accelerate_config.yaml -m "
+                   "pipelines.train", metavar="LAUNCHER",
+                   help="print one training command per trial (for a cluster: one job each) and train nothing; "
+                   "rerun without it afterwards to collect the table")
 
     c = sub.add_parser("compare", help="comparison tables across runs")
     c.add_argument("runs_dirs", nargs="*", default=["runs"])
@@ -125,9 +129,12 @@ def cmd_baseline(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from pipelines.sweep import plan, run_sweep
+    from pipelines.sweep import plan, run_sweep, trial_commands
 
     sweep = plan(args.recipe, args.overrides, trials=args.trials, sampler=args.sampler, name=args.name)
+    if args.commands:
+        print("\n".join(trial_commands(sweep, args.commands)))
+        return 0
     rows = run_sweep(sweep, say=print if is_main_process() else lambda _: None)
     return 0 if any(r["state"] == "complete" for r in rows) else TuneforgeError.exit_code
 

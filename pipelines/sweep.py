@@ -218,11 +218,17 @@ class Sweep:
         overrides += [f"output.dir={self.folder}", f"output.name={self.trial_dir(number).name}", "train.resume=auto"]
         return build_recipe(self.raw, overrides, origin=self.recipe_path)
 
-    def launch(self, number: int, values: dict) -> str:
-        """The command that trains one trial by itself (recorded in its card; what a cluster job runs)."""
+    def launch(self, number: int, values: dict, prefix: str = "tuneforge train") -> str:
+        """The command that trains one trial by itself (recorded in its card; what a cluster job runs).
+
+        Args:
+            number: the trial number.
+            values: the trial's value of each swept key.
+            prefix: the launcher, e.g. `accelerate launch --config_file accelerate_config.yaml -m pipelines.train`.
+        """
         overrides = self.fixed + [_override(k, v) for k, v in values.items()]
         overrides += [f"output.dir={self.folder}", f"output.name={self.trial_dir(number).name}", "train.resume=auto"]
-        return "tuneforge train " + shlex.join([self.recipe_path, *overrides])
+        return f"{prefix} " + shlex.join([self.recipe_path, *overrides])
 
     def description(self) -> dict:
         """What makes this sweep this sweep (`sweep.json`): a rerun must match it to resume."""
@@ -348,6 +354,34 @@ def run_sweep(sweep: Sweep, *, say=print) -> list[dict]:
     rows = trial_rows(sweep, study)
     say(write_report(sweep, rows))
     return rows
+
+
+def trial_commands(sweep: Sweep, launcher: str) -> list[str]:
+    """Ask the sampler for the rest of the budget and return one training command per trial, training nothing.
+
+    For a cluster: each command is one job (`accelerate launch` on any scheduler). The trials stay RUNNING in the
+    storage; once the jobs are done, `tuneforge sweep` with the same arguments reads their run folders, tells the
+    study their validation values and writes the table (a job that died is resumed there, from its checkpoint).
+    TPE learns only from told trials: ask in rounds (`--trials 8`, collect, `--trials 16`, ...).
+
+    Args:
+        sweep: from `plan`.
+        launcher: the command before the recipe.
+
+    Returns:
+        The commands of every trial that is RUNNING after the asking (earlier rounds' unfinished ones included).
+    """
+    import optuna
+
+    _claim_folder(sweep)
+    study = _study(sweep)
+    distributions = {p.key: p.distribution() for p in sweep.params}
+    started = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL, optuna.trial.TrialState.RUNNING)
+    while len(study.get_trials(deepcopy=False, states=started)) < sweep.trials:
+        study.ask(distributions)
+    by_key = {p.key: p for p in sweep.params}
+    return [sweep.launch(t.number, {k: by_key[k].decode(v) for k, v in t.params.items()}, launcher)
+            for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))]
 
 
 def _run_trial(sweep: Sweep, study, number: int, values: dict, say) -> None:

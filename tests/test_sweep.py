@@ -17,6 +17,7 @@ import optuna
 import pytest
 import yaml
 
+from eval.tables import collect_runs
 from pipelines import checkpoints, runs
 from pipelines.cli import main as cli
 from pipelines.sweep import parse_param
@@ -136,8 +137,38 @@ def test_six_trials_killed_mid_trial_resume_without_redoing_finished_ones(tiny_b
     assert json.loads((folder / "sweep.json").read_text())["params"] == {"train.max_steps": "4,12",
                                                                          "lora.r": "2,4,8"}
 
+    # Comparison tables name the trials as one sweep's runs.
+    found, problems = collect_runs([tmp_path / "runs"])
+    assert sorted(r.name for r in found) == [f"cls-sweep/trial-00{n}" for n in range(6)] and not problems
+
     # A rerun is a no-op that reprints the table; another space in the same folder is refused.
     assert cli(args) == 0 and "(best)" in capsys.readouterr().out
     assert [t.state.name for t in _study(folder).get_trials()] == ["COMPLETE"] * 6
     assert cli(["sweep", str(recipe), "lora.r=2,16"]) == 2
     assert "holds another sweep (different params)" in capsys.readouterr().err
+
+
+def test_cluster_commands_train_each_trial_and_the_sweep_collects_them(tiny_bert, data_file, tmp_path,  # noqa: F811
+                                                                       capsys, monkeypatch):
+    recipe = _recipe_file(tiny_bert, data_file, tmp_path)
+    monkeypatch.chdir(tmp_path)
+    folder = Path("runs") / "cls-sweep"
+    assert cli(["sweep", str(recipe), "lora.r=2,4", "--commands", "tuneforge train"]) == 0
+    commands = capsys.readouterr().out.splitlines()
+    assert commands == [
+        f"tuneforge train {recipe} lora.r={r} output.dir={tmp_path / folder} output.name=trial-00{n} "
+        "train.resume=auto" for n, r in enumerate((2, 4))
+    ] or commands == [
+        f"tuneforge train {recipe} lora.r={r} output.dir={folder} output.name=trial-00{n} train.resume=auto"
+        for n, r in enumerate((2, 4))
+    ]
+    assert [t.state.name for t in _study(tmp_path / folder).get_trials()] == ["RUNNING", "RUNNING"]
+    # One job ran on the "cluster" (here: this process); the sweep trains only the other, then tabulates both.
+    assert cli(commands[0].split()[1:]) == 0
+    capsys.readouterr()
+    assert cli(["sweep", str(recipe), "lora.r=2,4"]) == 0
+    out = capsys.readouterr().out
+    assert "sweep: trial 0 (" not in out and "sweep: trial 1 (lora.r=4)" in out
+    assert [t.state.name for t in _study(tmp_path / folder).get_trials()] == ["COMPLETE", "COMPLETE"]
+    assert runs.read_metrics(tmp_path / folder / "trial-000")["params"]["trainable"] < runs.read_metrics(
+        tmp_path / folder / "trial-001")["params"]["trainable"]
