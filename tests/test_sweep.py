@@ -172,3 +172,20 @@ def test_cluster_commands_train_each_trial_and_the_sweep_collects_them(tiny_bert
     assert [t.state.name for t in _study(tmp_path / folder).get_trials()] == ["COMPLETE", "COMPLETE"]
     assert runs.read_metrics(tmp_path / folder / "trial-000")["params"]["trainable"] < runs.read_metrics(
         tmp_path / folder / "trial-001")["params"]["trainable"]
+
+
+def test_a_tpe_search_over_ranges_asks_its_budget_within_the_ranges(tiny_bert, data_file, tmp_path,  # noqa: F811
+                                                                    capsys):
+    recipe = _recipe_file(tiny_bert, data_file, tmp_path)
+    args = ["sweep", str(recipe), "train.learning_rate=1e-4:1e-1:log", "lora.r=2:16", "--trials", "5",
+            "--sampler", "tpe", "--commands", "tuneforge train"]
+    assert cli(args) == 0
+    commands = [dict(a.split("=", 1) for a in line.split()[3:]) for line in capsys.readouterr().out.splitlines()]
+    assert len(commands) == 5
+    rates = [float(c["train.learning_rate"]) for c in commands]
+    assert all(1e-4 <= r <= 1e-1 for r in rates) and len(set(rates)) == 5
+    assert all(2 <= int(c["lora.r"]) <= 16 for c in commands)
+    assert [c["output.name"] for c in commands] == [f"trial-00{n}" for n in range(5)]
+    # Asking again with the same budget asks nothing new; the same 5 trials are listed.
+    assert cli(args) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 5
