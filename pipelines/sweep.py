@@ -231,9 +231,14 @@ class Sweep:
         return f"{prefix} " + shlex.join([self.recipe_path, *overrides])
 
     def description(self) -> dict:
-        """What makes this sweep this sweep (`sweep.json`): a rerun must match it to resume."""
-        return {"recipe": self.recipe_path, "fixed": self.fixed, "params": {p.key: p.spec() for p in self.params},
-                "sampler": self.sampler, "metric": self.metric, "greater_is_better": self.greater_is_better}
+        """What makes this sweep this sweep (`sweep.json`): a rerun must match it to resume.
+
+        The recipe's hash is part of it: an edited recipe file would give the remaining trials another recipe.
+        """
+        recipe_hash = build_recipe(self.raw, self.fixed, origin=self.recipe_path).hash()
+        return {"recipe": self.recipe_path, "recipe_hash": recipe_hash, "fixed": self.fixed,
+                "params": {p.key: p.spec() for p in self.params}, "sampler": self.sampler, "metric": self.metric,
+                "greater_is_better": self.greater_is_better}
 
 
 def plan(recipe_path: str, items: list[str], *, trials: int | None, sampler: str | None, name: str | None) -> Sweep:

@@ -146,6 +146,9 @@ def test_six_trials_killed_mid_trial_resume_without_redoing_finished_ones(tiny_b
     assert [t.state.name for t in _study(folder).get_trials()] == ["COMPLETE"] * 6
     assert cli(["sweep", str(recipe), "lora.r=2,16"]) == 2
     assert "holds another sweep (different params)" in capsys.readouterr().err
+    recipe.write_text(recipe.read_text().replace("learning_rate: 0.01", "learning_rate: 0.02"))
+    assert cli(args) == 2
+    assert "holds another sweep (different recipe_hash)" in capsys.readouterr().err
 
 
 def test_cluster_commands_train_each_trial_and_the_sweep_collects_them(tiny_bert, data_file, tmp_path,  # noqa: F811
