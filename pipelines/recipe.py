@@ -12,7 +12,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from pipelines.errors import TuneforgeError
 from pipelines.peft_options import METHOD_NAMES as PEFT_METHODS
@@ -94,6 +102,12 @@ class LoraConfig(_Section):
         None, gt=0, description="LoRA+ (Hayou et al. 2024, arXiv:2402.12354): the B matrices learn at "
         "lr_ratio x train.learning_rate; the paper suggests 16")
     block_size: int = Field(32, ge=1, description="oft: size of each orthogonal block; must divide the layers' widths")
+
+    @model_serializer(mode="wrap")
+    def _own_options(self, handler) -> dict:
+        # Only the method's own options: a dump (recipe.yaml, overrides applied to a dumped recipe) must load back,
+        # and another method's option is refused on load.
+        return {k: v for k, v in handler(self).items() if k in method_options(self.method)}
 
     @model_validator(mode="after")
     def _options_fit_method(self) -> LoraConfig:
@@ -294,10 +308,7 @@ class Recipe(_Section):
 
     def to_yaml(self) -> str:
         """The resolved recipe as YAML (recipe.yaml of a run); it loads back as the same recipe."""
-        spec = self.model_dump(mode="json")
-        if self.lora is not None:  # only the method's own options: another method's would be refused on reload
-            spec["lora"] = {k: v for k, v in spec["lora"].items() if k in method_options(self.lora.method)}
-        return yaml.safe_dump(spec, sort_keys=False)
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
     def hash(self) -> str:
         """sha256 of the resolved recipe (everything that defines the run), as recorded in metrics.json."""
@@ -314,9 +325,10 @@ class Recipe(_Section):
             spec.pop(section, None)
         # The PEFT-method keys hash only when set away from their defaults, so a plain LoRA run recorded before they
         # existed keeps its recipe hash.
+        lora = spec.get("lora") or {}
         for key in LORA_KEYS_HASHED_WHEN_SET:
-            if spec.get("lora") and spec["lora"][key] == LoraConfig.model_fields[key].default:
-                del spec["lora"][key]
+            if key in lora and lora[key] == LoraConfig.model_fields[key].default:
+                del lora[key]
         blob = json.dumps(spec, sort_keys=True).encode()
         return "sha256:" + hashlib.sha256(blob).hexdigest()[:16]
 
