@@ -19,7 +19,8 @@ from transformers.pytorch_utils import Conv1D
 from pipelines import checks, peft_methods, runs
 from pipelines.builtin_models import smollm2_135m_instruct
 from pipelines.errors import TuneforgeError
-from pipelines.recipe import LoraConfig, Recipe
+from pipelines.recipe import Recipe
+from pipelines.recipe_peft import LoraConfig
 
 logger = logging.getLogger(__name__)
 

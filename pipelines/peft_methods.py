@@ -14,7 +14,8 @@ from peft.optimizers import create_loraplus_optimizer
 from transformers.pytorch_utils import Conv1D
 
 from pipelines.errors import TuneforgeError
-from pipelines.recipe import LoraConfig, Recipe
+from pipelines.recipe import Recipe
+from pipelines.recipe_peft import LoraConfig
 
 # PEFT's LoHa, OFT and OLoRA accept torch Linear (and Conv2d) layers only; GPT-2's Conv1D (weights stored (in, out))
 # is refused by them (LoHa, OFT) or multiplies the wrong shapes (OLoRA's QR of the transposed weight).

@@ -12,20 +12,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_serializer,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipelines.errors import TuneforgeError
-from pipelines.peft_options import METHOD_NAMES as PEFT_METHODS
-from pipelines.peft_options import method_options, option_problem
 from pipelines.recipe_errors import format_errors
+from pipelines.recipe_peft import LoraConfig
 from pipelines.tasks.names import TASK_NAMES, TASK_SECTIONS
 
 TaskName = Literal[TASK_NAMES]  # the task registry's names (pipelines.tasks)
@@ -74,58 +65,6 @@ class ModelConfig(_Section):
         if (self.base is None) == (self.scratch is None):
             raise ValueError("set exactly one of model.base (a checkpoint) or model.scratch (pretrain from scratch)")
         return self
-
-
-class LoraConfig(_Section):
-    """A PEFT adapter: LoRA (Hu et al. 2021, arXiv:2106.09685) or another PEFT method (`method`).
-
-    A recipe without `lora:` finetunes fully. Each method takes only its own options (`pipelines.peft_options`);
-    docs/peft-methods.md compares them.
-    """
-
-    method: Literal[PEFT_METHODS] = Field("lora", description="lora | ia3 | vera | loha | oft (PEFT tuners)")
-    r: int = Field(8, ge=1, description="rank (lora, loha; vera's shared random matrices' rank)")
-    alpha: float = Field(16, gt=0, description="scaling numerator: update is (alpha / r) * B @ A (rsLoRA: sqrt(r))")
-    dropout: float = Field(0.05, ge=0.0, lt=1.0)
-    target_modules: Literal["auto"] | list[str] = Field(
-        "auto", description="auto = every linear layer but the head (PEFT's all-linear); or leaf names of "
-        "Linear/Conv1D/Embedding layers, e.g. [query, value] or [query, key, value, dense, word_embeddings]"
-    )
-    modules_to_save: Literal["auto"] | list[str] = "auto"
-    use_dora: bool = False
-    use_rslora: bool = False
-    bias: Literal["none", "all", "lora_only"] = "none"
-    init: Literal["default", "gaussian", "pissa", "olora"] = Field(
-        "default", description="LoRA initialisation: default (PEFT: Kaiming-uniform A, zero B), gaussian (A ~ "
-        "N(0, 1/r)), pissa (principal singular vectors, arXiv:2404.02948), olora (QR, arXiv:2406.01775)")
-    lr_ratio: float | None = Field(
-        None, gt=0, description="LoRA+ (Hayou et al. 2024, arXiv:2402.12354): the B matrices learn at "
-        "lr_ratio x train.learning_rate; the paper suggests 16")
-    block_size: int = Field(32, ge=1, description="oft: size of each orthogonal block; must divide the layers' widths")
-
-    @model_serializer(mode="wrap")
-    def _own_options(self, handler) -> dict:
-        # Only the method's own options: a dump (recipe.yaml, overrides applied to a dumped recipe) must load back,
-        # and another method's option is refused on load.
-        return {k: v for k, v in handler(self).items() if k in method_options(self.method)}
-
-    @model_validator(mode="after")
-    def _options_fit_method(self) -> LoraConfig:
-        problem = option_problem(self.method, set(self.model_fields_set))
-        if problem:
-            raise ValueError(problem)
-        return self
-
-    def label(self) -> str:
-        """How tables name the method: 'lora', 'lora+ (pissa)', 'ia3', ... (options that change what trains)."""
-        extras = [self.init] if self.init != "default" else []
-        extras += [name for name in ("use_dora", "use_rslora") if getattr(self, name)]
-        extras = [e.removeprefix("use_") for e in extras]
-        name = "lora+" if self.lr_ratio else self.method
-        return name + (f" ({', '.join(extras)})" if extras else "")
-
-
-LORA_KEYS_HASHED_WHEN_SET = ("method", "init", "lr_ratio", "block_size")
 
 
 class SourceSpec(_Section):
@@ -326,7 +265,7 @@ class Recipe(_Section):
         # The PEFT-method keys hash only when set away from their defaults, so a plain LoRA run recorded before they
         # existed keeps its recipe hash.
         lora = spec.get("lora") or {}
-        for key in LORA_KEYS_HASHED_WHEN_SET:
+        for key in LoraConfig.HASHED_WHEN_SET:
             if key in lora and lora[key] == LoraConfig.model_fields[key].default:
                 del lora[key]
         blob = json.dumps(spec, sort_keys=True).encode()
