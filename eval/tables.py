@@ -33,7 +33,9 @@ class Run:
 
     @property
     def name(self) -> str:
-        return self.record.run or self.path.name
+        """The run's name; a trial of a `tuneforge sweep` (its folder's parent holds sweep.json) as sweep/trial."""
+        name = self.record.run or self.path.name
+        return f"{self.path.parent.name}/{name}" if (self.path.parent / "sweep.json").is_file() else name
 
 
 @dataclass

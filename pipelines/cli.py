@@ -1,4 +1,4 @@
-"""The `tuneforge` command: train, validate, eval, compare, demo, data, baseline.
+"""The `tuneforge` command: train, validate, eval, sweep, compare, demo, data, baseline.
 
 User errors (`TuneforgeError`) print one clear message and exit with code 2, without a traceback; so do a full
 disk and a read-only folder met anywhere. Any other exception is a bug: one line says so, then its traceback.
@@ -99,6 +99,19 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--out", help="the run-like folder to write (default: <output.dir>/<run name>-baseline)")
     b.add_argument("--overwrite", action="store_true", help="replace an existing folder")
 
+    w = sub.add_parser("sweep", help="a grid or a budgeted Optuna search over recipe keys; one run per trial")
+    w.add_argument("recipe")
+    w.add_argument("overrides", nargs="*", metavar="key=values",
+                   help="key=v1,v2,... (a list) or key=lo:hi[:log] (a range); one value: fixed for every trial")
+    w.add_argument("--trials", type=_positive_int, help="trials to run (default: the whole grid; 20 for ranges)")
+    w.add_argument("--sampler", choices=["grid", "random", "tpe"],
+                   help="default: grid when every key lists values, else tpe")
+    w.add_argument("--name", help="the sweep's folder under output.dir (default: <run name>-sweep)")
+    w.add_argument("--commands", nargs="?", const="accelerate launch --config_file accelerate_config.yaml -m "
+                   "pipelines.train", metavar="LAUNCHER",
+                   help="print one training command per trial (for a cluster: one job each) and train nothing; "
+                   "rerun without it afterwards to collect the table")
+
     c = sub.add_parser("compare", help="comparison tables across runs")
     c.add_argument("runs_dirs", nargs="*", default=["runs"], help="folders holding run folders")
     c.add_argument("--format", choices=["markdown", "csv", "html"], default="markdown", help="table format")
@@ -174,6 +187,17 @@ def cmd_baseline(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    from pipelines.sweep import plan, run_sweep, trial_commands
+
+    sweep = plan(args.recipe, args.overrides, trials=args.trials, sampler=args.sampler, name=args.name)
+    if args.commands:
+        print("\n".join(trial_commands(sweep, args.commands)))
+        return 0
+    rows = run_sweep(sweep, say=print if is_main_process() else lambda _: None)
+    return 0 if any(r["state"] == "complete" for r in rows) else TuneforgeError.exit_code
+
+
 def cmd_compare(args) -> int:
     from eval.compare import compare_main
 
@@ -214,8 +238,8 @@ def cmd_data(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "validate": cmd_validate, "eval": cmd_eval, "compare": cmd_compare,
-            "demo": cmd_demo, "data": cmd_data, "baseline": cmd_baseline}
+COMMANDS = {"train": cmd_train, "validate": cmd_validate, "eval": cmd_eval, "sweep": cmd_sweep,
+            "compare": cmd_compare, "demo": cmd_demo, "data": cmd_data, "baseline": cmd_baseline}
 
 
 def main(argv: list[str] | None = None) -> int:

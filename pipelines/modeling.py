@@ -12,15 +12,15 @@ import warnings
 from pathlib import Path
 
 import torch
-from peft import LoraConfig as PeftLoraConfig
 from peft import PeftModel, get_peft_model
 from transformers import AutoConfig, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.pytorch_utils import Conv1D
 
-from pipelines import checks, runs
+from pipelines import checks, peft_methods, runs
 from pipelines.builtin_models import smollm2_135m_instruct
 from pipelines.errors import TuneforgeError
-from pipelines.recipe import LoraConfig, Recipe
+from pipelines.recipe import Recipe
+from pipelines.recipe_peft import LoraConfig
 
 logger = logging.getLogger(__name__)
 
@@ -329,7 +329,8 @@ def _inside(name: str, modules: list[str]) -> bool:
 def apply_lora(
     model: PreTrainedModel, cfg: LoraConfig, task_type: str, trainable_token_indices: list[int] | None = None
 ) -> PeftModel:
-    """Wrap `model` with LoRA adapters through PEFT; only adapters (and saved modules) stay trainable.
+    """Wrap `model` with the recipe's PEFT adapters (LoRA, IA3, VeRA, LoHa or OFT: `lora.method`); only adapters
+    (and saved modules) stay trainable.
 
     `target_modules: auto` is PEFT's `all-linear` (every linear layer but the output head, as QLoRA does,
     Dettmers et al. 2023). `modules_to_save: auto` trains the classification head in full (`head_modules`:
@@ -339,7 +340,8 @@ def apply_lora(
     tied output head's with them) instead of a full trainable copy of the embedding matrix (`modules_to_save`).
 
     Raises:
-        TuneforgeError: a target module that the model does not have (the ones it has are listed).
+        TuneforgeError: a target module that the model does not have (the ones it has are listed), or a method
+            PEFT cannot apply to this model (see `peft_methods.peft_config`).
     """
     problem = checks.lora_target_problem(cfg.target_modules, lora_target_names(model), type(model).__name__)
     if problem:
@@ -354,20 +356,11 @@ def apply_lora(
         # then cannot train in full as modules_to_save; the head is trained in full instead.
         kinds = (torch.nn.Linear, Conv1D)
         exclude = [n for n, m in model.named_modules() if isinstance(m, kinds) and _inside(n, save)] or None
-    peft_cfg = PeftLoraConfig(
-        task_type=task_type,
-        r=cfg.r,
-        lora_alpha=cfg.alpha,
-        lora_dropout=cfg.dropout,
-        target_modules="all-linear" if cfg.target_modules == "auto" else list(cfg.target_modules),
-        modules_to_save=save,
-        exclude_modules=exclude,
-        use_dora=cfg.use_dora,
-        use_rslora=cfg.use_rslora,
-        bias=cfg.bias,
-        trainable_token_indices=list(trainable_token_indices) if trainable_token_indices else None,
+    peft_cfg = peft_methods.peft_config(
+        cfg, task_type, modules_to_save=save, exclude_modules=exclude,
+        trainable_token_indices=trainable_token_indices,
         # GPT-2's Conv1D stores weights as (in, out); PEFT needs to know (it warns and sets it itself otherwise).
-        fan_in_fan_out=any(isinstance(m, Conv1D) for m in model.modules()),
+        conv1d=peft_methods.has_conv1d(model),
     )
     return get_peft_model(model, peft_cfg)
 
@@ -413,6 +406,8 @@ def base_config(base: str):
 def describe(recipe: Recipe) -> str:
     """One line for logs: base, method and LoRA shape."""
     base = recipe.model.base or f"scratch {recipe.model.scratch.architecture}"
-    if recipe.lora:
+    if recipe.lora and recipe.lora.method == "lora":
         return f"{base} + LoRA r={recipe.lora.r} alpha={recipe.lora.alpha}"
+    if recipe.lora:
+        return f"{base} + {recipe.lora.label()}"
     return f"{base} ({recipe.method})"

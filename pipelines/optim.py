@@ -12,6 +12,7 @@ import torch
 from transformers import get_scheduler
 from transformers.optimization import Adafactor
 
+from pipelines import peft_methods
 from pipelines.errors import TuneforgeError
 from pipelines.recipe import Recipe
 
@@ -69,8 +70,13 @@ def make_optimizer(model: torch.nn.Module, recipe: Recipe) -> torch.optim.Optimi
     groups = param_groups(model, cfg.weight_decay)
     params = [p for g in groups for p in g["params"]]
     check_optimizer(cfg.optim, params[0].device if params else None)
+    if recipe.lora is not None and recipe.lora.lr_ratio is not None and cfg.optim != "adamw":
+        raise TuneforgeError(f"lora.lr_ratio: LoRA+ is built on AdamW (PEFT's create_loraplus_optimizer), not "
+                             f"train.optim={cfg.optim!r}; use train.optim=adamw or drop lora.lr_ratio")
     if cfg.optim == "adamw":
         fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+        if recipe.lora is not None and recipe.lora.lr_ratio is not None:
+            return peft_methods.loraplus_optimizer(model, recipe, fused)
         return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=cfg.adam_betas, fused=fused)
     if cfg.optim == "adamw_8bit":
         import bitsandbytes

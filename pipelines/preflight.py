@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from pipelines import checks, modeling, selection
+from pipelines import checks, modeling, peft_methods, selection
 from pipelines import data as data_lib
 from pipelines.errors import TuneforgeError
 from pipelines.optim import check_optimizer
@@ -130,6 +130,7 @@ def check_recipe(recipe: Recipe) -> Report:
         if recipe.lora is not None:
             problem = checks.lora_target_problem(recipe.lora.target_modules, modeling.lora_target_names(model),
                                                  type(model).__name__)
+            problem = problem or peft_methods.conv1d_problem(recipe.lora, peft_methods.has_conv1d(model))
             if problem:
                 report.errors.append(problem)
         config = model.config

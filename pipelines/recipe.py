@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from pipelines.errors import TuneforgeError
 from pipelines.recipe_errors import format_errors
+from pipelines.recipe_peft import LoraConfig
 from pipelines.tasks.names import TASK_NAMES, TASK_SECTIONS
 
 TaskName = Literal[TASK_NAMES]  # the task registry's names (pipelines.tasks)
@@ -66,22 +67,6 @@ class ModelConfig(_Section):
         if (self.base is None) == (self.scratch is None):
             raise ValueError("set exactly one of model.base (a checkpoint) or model.scratch (pretrain from scratch)")
         return self
-
-
-class LoraConfig(_Section):
-    """LoRA (Hu et al. 2021, arXiv:2106.09685) through PEFT. A recipe without `lora:` finetunes fully."""
-
-    r: int = Field(8, ge=1, description="LoRA rank")
-    alpha: float = Field(16, gt=0, description="scaling numerator: update is (alpha / r) * B @ A (rsLoRA: sqrt(r))")
-    dropout: float = Field(0.05, ge=0.0, lt=1.0)
-    target_modules: Literal["auto"] | list[str] = Field(
-        "auto", description="auto = every linear layer but the head (PEFT's all-linear); or leaf names of "
-        "Linear/Conv1D/Embedding layers, e.g. [query, value] or [query, key, value, dense, word_embeddings]"
-    )
-    modules_to_save: Literal["auto"] | list[str] = "auto"
-    use_dora: bool = False
-    use_rslora: bool = False
-    bias: Literal["none", "all", "lora_only"] = "none"
 
 
 class SourceSpec(_Section):
@@ -310,7 +295,7 @@ class Recipe(_Section):
         if self.model.scratch is not None:
             return "scratch"
         if self.lora is not None:
-            return "lora"
+            return self.lora.label()
         return "head" if self.train.trainable == "head" else "full"
 
     def run_name(self, recipe_path: str | Path | None = None) -> str:
@@ -321,6 +306,7 @@ class Recipe(_Section):
         return Path(recipe_path).stem
 
     def to_yaml(self) -> str:
+        """The resolved recipe as YAML (recipe.yaml of a run); it loads back as the same recipe."""
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
     def hash(self) -> str:
@@ -340,6 +326,12 @@ class Recipe(_Section):
         for key in SELECTION_KEYS:  # unset, they hash as before they existed (earlier runs keep their hash)
             if spec["train"].get(key) is None:
                 spec["train"].pop(key, None)
+        # The PEFT-method keys hash only when set away from their defaults, so a plain LoRA run recorded before they
+        # existed keeps its recipe hash.
+        lora = spec.get("lora") or {}
+        for key in LoraConfig.HASHED_WHEN_SET:
+            if key in lora and lora[key] == LoraConfig.model_fields[key].default:
+                del lora[key]
         blob = json.dumps(spec, sort_keys=True).encode()
         return "sha256:" + hashlib.sha256(blob).hexdigest()[:16]
 
