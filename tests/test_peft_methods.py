@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from pipelines import build, loop, run_model, runs
+from pipelines import build, loop, optim, run_model, runs
 from pipelines.cli import main as cli
 from pipelines.errors import TuneforgeError
 from pipelines.peft_methods import peft_config
@@ -72,7 +72,7 @@ def test_loraplus_gives_b_matrices_lr_ratio_times_the_rate(tiny_bert, data_file,
 
     recipe = build_recipe(_raw(tiny_bert, data_file, tmp_path, "lp", {"r": 4, "lr_ratio": 16}))
     prep = build.build(recipe, tmp_path / "lp", Accelerator(cpu=True), "fresh")
-    optimizer = build.make_optimizer(prep.model, recipe)
+    optimizer = optim.make_optimizer(prep.model, recipe)
     names = {id(p): n for n, p in prep.model.named_parameters()}
     rates = {}
     for group in optimizer.param_groups:
