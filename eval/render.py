@@ -8,10 +8,12 @@ import math
 import re
 from pathlib import Path
 
+from eval.forgetting import SCORE_KEY as GENERAL
 from eval.tables import _MISSING, Problem, Row, Table
 
 NA = "n/a"  # a row without per-example evidence (e.g. an older run): no interval, never a crash
 TIED = "= tied"
+FORGETTING_HEADER = "forgetting (Δ general ppl vs base)"
 
 # ---------------------------------------------------------------------------------------------------------------
 # rendering
@@ -60,7 +62,11 @@ def _display_rows(table: Table) -> tuple[list[str], list[list[str]]]:
     """Header and formatted cells shared by the markdown and HTML renderers."""
     unit = "examples/s" if table.throughput_key == "examples_per_s" else "tokens/s"
     header = ["run", "method", table.primary_metric, "95% CI", "vs best (95% CI)", *table.metrics[1:]]
-    header += [f"Δ {table.primary_metric} vs base", "trainable params", "total params", "train s", unit, "peak MB"]
+    header += [f"Δ {table.primary_metric} vs base"]
+    forgetting = has_forgetting(table)
+    if forgetting:
+        header.append(FORGETTING_HEADER)
+    header += ["trainable params", "total params", "train s", unit, "peak MB"]
     cells = []
     for row in table.rows:
         trainable = _human(row.trainable_params)
@@ -70,10 +76,38 @@ def _display_rows(table: Table) -> tuple[list[str], list[list[str]]]:
             [row.label, row.method, _fmt(row.scores.get(table.primary_metric)), _interval(row.interval)]
             + [_vs_best(row)]
             + [_fmt(row.scores.get(name)) for name in table.metrics[1:]]
-            + [_delta(row), trainable, _human(row.total_params)]
+            + [_delta(row)] + ([_forgetting(row)] if forgetting else []) + [trainable, _human(row.total_params)]
             + [_fmt(row.train_seconds), _throughput(row, table), _fmt(row.peak_memory_mb)]
         )
     return header, cells
+
+
+def has_forgetting(table: Table) -> bool:
+    """True when any row of the table was scored on the general-English slice (`eval.forgetting`)."""
+    return any(GENERAL in row.scores for row in table.rows)
+
+
+def _forgetting(row: Row) -> str:
+    """The change of general-English perplexity from the base: '+1.3 (+4.2%)'; > 0 means the run forgot."""
+    if row.forgetting is None:
+        return _MISSING
+    base = row.scores[GENERAL] - row.forgetting
+    relative = f" ({row.forgetting / base:+.1%})" if base > 0 else ""
+    return _fmt(row.forgetting, signed=True) + relative
+
+
+def _forgetting_caption(table: Table) -> str | None:
+    """Which text the forgetting column measures, with its fingerprint; None without such scores."""
+    if not has_forgetting(table):
+        return None
+    slices = {(s["source"], s["sha256"], s.get("chars")) for row in table.rows
+              if isinstance(s := (row.settings or {}).get(GENERAL), dict) and "sha256" in s}
+    named = "; ".join(f"{src} (first {chars:,} characters, sha256 {sha[:12]})" for src, sha, chars in sorted(slices))
+    text = (f"{FORGETTING_HEADER}: the run's perplexity on a fixed general-English text that no recipe trains on "
+            f"minus its base model's (> 0: it forgot some general English); text: {named or 'not recorded'}")
+    if len(slices) > 1:
+        text += " · WARNING: runs measured on different texts; their changes are not comparable"
+    return text
 
 
 def _interval(bounds: tuple[float, float] | None, signed: bool = False) -> str:
@@ -139,6 +173,8 @@ def render_markdown(tables: list[Table], problems: list[Problem], charts: dict[s
     for table in tables:
         header, cells = _display_rows(table)
         lines += [f"## {table.title}", "", _caption(table) + " · **bold** = best", "", _bootstrap_caption(table), ""]
+        if _forgetting_caption(table):
+            lines += [_forgetting_caption(table), ""]
         lines.append("| " + " | ".join(header) + " |")
         lines.append("|" + "|".join("---" if i < 2 else "---:" for i in range(len(header))) + "|")
         for row, row_cells in zip(table.rows, cells, strict=True):
@@ -178,6 +214,7 @@ CSV_TRAILING = (
     "tokens_per_s",
     "examples_per_s",
     "peak_memory_mb",
+    "forgetting",
 )
 # Paired-bootstrap columns (eval.uncertainty); empty where a row has no per-example evidence.
 CSV_INTERVALS = (
@@ -199,7 +236,8 @@ def render_csv(tables: list[Table]) -> str:
     Values are raw (no thousands separators or rounding; ``repr``-exact floats) so the file round-trips. Columns:
     ``CSV_COLUMNS`` (``table`` is ``Table.id``, ``best`` and ``greater_is_better`` are "true"/"false"), then the
     union of score columns over all tables (empty where a table lacks the metric), then ``CSV_TRAILING``
-    (``delta`` is the primary metric minus the base model's), then ``CSV_INTERVALS`` (the paired-bootstrap 95%
+    (``delta`` is the primary metric minus the base model's, ``forgetting`` the general-English perplexity minus the
+    base model's, `eval.forgetting`), then ``CSV_INTERVALS`` (the paired-bootstrap 95%
     interval of the primary metric, of its difference from the best row and from a paired base, ``tied_with_best``
     "true"/"false", resamples and seed; empty without per-example evidence).
 
@@ -282,7 +320,8 @@ def render_html(tables: list[Table], problems: list[Problem], charts: dict[str, 
     for table in tables:
         header, cells = _display_rows(table)
         parts.append(f'<h2 id="{html.escape(table.id)}">{html.escape(table.title)}</h2>')
-        captions = "<br>".join(html.escape(c) for c in (_caption(table), _bootstrap_caption(table)))
+        texts = (_caption(table), _bootstrap_caption(table), _forgetting_caption(table))
+        captions = "<br>".join(html.escape(c) for c in texts if c)
         parts.append(f'<p class="caption">{captions}</p>')
         parts.append("<table><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr></thead>")
         parts.append("<tbody>")

@@ -55,6 +55,8 @@ class Task:
             windows view shows.
         head_in_config: the model's head is sized from the run's config (labels), so its base loads with the
             run's config and its LoRA model card loads it that way.
+        scores_forgetting: a language model whose perplexity on a fixed general-English slice is scored with
+            the base and the run (`eval.forgetting`), so tables show what finetuning cost it.
     """
 
     name: str
@@ -79,6 +81,7 @@ class Task:
     scores_packed_windows: bool = False
     trains_on_windows: bool = False
     head_in_config: bool = False
+    scores_forgetting: bool = False
 
 
 

@@ -183,4 +183,5 @@ TASK = Task(
     score=score,
     scores_packed_windows=True,
     trains_on_windows=True,
+    scores_forgetting=True,
 )

@@ -366,4 +366,5 @@ TASK = Task(
     generates=True,
     demo_feed="turn",
     check=check,
+    scores_forgetting=True,
 )
