@@ -127,8 +127,10 @@ class Handlers:
 
     @shown_in_ui
     def leaderboard(self) -> tuple[str, str]:
-        """Leaderboard tab: the comparison tables (markdown) and one bar chart per table (HTML, embedded PNGs)."""
+        """Leaderboard tab: the comparison tables (markdown), and per table a bar chart and the quality-vs-cost
+        figure with its Pareto front (HTML, embedded PNGs)."""
         from eval.compare import bar_chart_png, build_tables, chart_name, collect_runs, render_markdown
+        from eval.pareto import pareto_name, pareto_png
 
         root = self.registry.catalog.root
         runs, problems = collect_runs([self.registry.catalog.path])
@@ -136,7 +138,11 @@ class Handlers:
             return f"No runs under `{root}` yet. Train one: `tuneforge train recipes/gpt/pretrain-tiny.yaml`", ""
         tables = build_tables(runs)
         with self.session.plot_lock:
-            charts = [(t.title, bar_chart_png(t, Path(self.session.charts.name) / chart_name(t))) for t in tables]
+            folder = Path(self.session.charts.name)
+            charts = []
+            for t in tables:
+                charts += [(t.title, bar_chart_png(t, folder / chart_name(t))),
+                           (f"{t.title}: quality vs cost (Pareto front)", pareto_png(t, folder / pareto_name(t)))]
         return render_markdown(tables, problems), charts_html(charts)
 
     @shown_in_ui
@@ -212,9 +218,12 @@ def charts_html(charts: list[tuple[str, Path]]) -> str:
     """PNG charts as one HTML block (embedded as data URIs, so nothing on disk is served to the browser)."""
     figures = []
     for title, path in charts:
+        path = Path(path)
         data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+        width = 1500 if path.name.endswith("-pareto.png") else 700  # the Pareto figure has three panels
         figures.append(f'<figure><img alt="{html.escape(title)}" src="data:image/png;base64,{data}" '
-                       f'style="max-width: 700px; width: 100%"><figcaption>{html.escape(title)}</figcaption></figure>')
+                       f'style="max-width: {width}px; width: 100%"><figcaption>{html.escape(title)}</figcaption>'
+                       '</figure>')
     return "\n".join(figures)
 
 

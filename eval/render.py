@@ -156,13 +156,15 @@ def _caption(table: Table) -> str:
     )
 
 
-def render_markdown(tables: list[Table], problems: list[Problem], charts: dict[str, str] | None = None) -> str:
+def render_markdown(tables: list[Table], problems: list[Problem], charts: dict[str, str] | None = None,
+                    pareto: dict[str, str] | None = None) -> str:
     """Renders tables and problems as GitHub-flavoured markdown.
 
     Args:
         tables: from ``build_tables``.
         problems: from ``collect_runs``; listed under "Not compared" with their reasons.
         charts: optional table id -> image path (relative to where the markdown will live) to link under tables.
+        pareto: optional table id -> quality-vs-cost figure path (`eval.pareto`), linked after the bar chart.
 
     Returns:
         The markdown text. The best row's label and primary value are in bold (``**``).
@@ -186,6 +188,8 @@ def render_markdown(tables: list[Table], problems: list[Problem], charts: dict[s
         lines += [f"> note: {note}" for note in table.notes + _evidence_notes(table)]
         if charts and table.id in charts:
             lines += [f"![{table.primary_metric}]({charts[table.id]})", ""]
+        if pareto and table.id in pareto:
+            lines += [f"![{table.primary_metric} vs cost, Pareto front marked]({pareto[table.id]})", ""]
     if problems:
         lines += ["## Not compared", ""]
         lines += [f"- `{problem.path}`: {problem.reason}" for problem in problems]
@@ -293,17 +297,20 @@ tr.baseline td { color: #555; }
 tr.tied td { background: #eef6ee; }
 p.caption { color: #555; font-size: 0.9em; }
 img.chart { max-width: 700px; display: block; }
+img.pareto { max-width: 1500px; width: 100%; }
 .problems li { color: #a33; }
 """
 
 
-def render_html(tables: list[Table], problems: list[Problem], charts: dict[str, Path] | None = None) -> str:
+def render_html(tables: list[Table], problems: list[Problem], charts: dict[str, Path] | None = None,
+                pareto: dict[str, Path] | None = None) -> str:
     """Renders a self-contained HTML report (inline CSS, charts embedded as base64 PNG).
 
     Args:
         tables: from ``build_tables``.
         problems: from ``collect_runs``.
         charts: table id -> PNG path (from ``bar_chart_png``); embedded under each table.
+        pareto: table id -> quality-vs-cost PNG (from ``eval.pareto.pareto_png``); embedded after the bar chart.
 
     Returns:
         The HTML document. Rows carry classes ``best``, ``base`` and ``baseline``.
@@ -334,15 +341,21 @@ def render_html(tables: list[Table], problems: list[Problem], charts: dict[str, 
         parts.append("</tbody></table>")
         parts += [f"<p class='caption'>note: {html.escape(note)}</p>" for note in table.notes + _evidence_notes(table)]
         if table.id in charts:
-            data = base64.b64encode(Path(charts[table.id]).read_bytes()).decode("ascii")
-            alt = html.escape(f"{table.primary_metric} per run")
-            parts.append(f'<img class="chart" alt="{alt}" src="data:image/png;base64,{data}">')
+            parts.append(_embedded(charts[table.id], f"{table.primary_metric} per run", "chart"))
+        if pareto and table.id in pareto:
+            alt = f"{table.primary_metric} vs train seconds, peak memory and trainable parameters, Pareto front marked"
+            parts.append(_embedded(pareto[table.id], alt, "chart pareto"))
     if problems:
         parts.append('<h2>Not compared</h2><ul class="problems">')
         parts += [f"<li><code>{html.escape(str(p.path))}</code>: {html.escape(p.reason)}</li>" for p in problems]
         parts.append("</ul>")
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
+
+
+def _embedded(path: Path, alt: str, css_class: str) -> str:
+    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    return f'<img class="{css_class}" alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
 
 def bar_chart_png(table: Table, path: str | Path) -> Path:
