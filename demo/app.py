@@ -2,8 +2,9 @@
 
 `tuneforge demo runs/` calls `launch("runs/")`. Tabs: Generator (streamed continuation), Chat (multi-turn,
 streamed, the run's own chat template), Translate / Summarize (beam search), Classify (label probabilities),
-Side by side (base model and finetuned run on one input) and Leaderboard (`tuneforge compare` tables and charts,
-per-run recipe, metrics and loss curve) and Inspect (tokens, embeddings, positions, attention, next-token
+Side by side (base model and finetuned run on one input), Leaderboard (`tuneforge compare` tables, bar and
+quality-vs-cost charts, the Arena's preference ratings, per-run recipe, metrics and loss curve), Arena (blind A/B
+votes between two models of one task; `demo.arena`) and Inspect (tokens, embeddings, positions, attention, next-token
 probabilities and pretraining windows of any run or its base; `demo.inspect_tab`). The layouts are in `demo.tabs`;
 this module holds what each tab does (`Handlers`) and serves the app.
 
@@ -23,9 +24,11 @@ from pathlib import Path
 
 import gradio as gr
 
+from demo.arena import VoteBook, arena_tab, ratings_markdown
 from demo.inference import (
     chat_input,
     decoding,
+    format_labels,
     label_probabilities,
     model_input,
     stream_text,
@@ -143,7 +146,8 @@ class Handlers:
             for t in tables:
                 charts += [(t.title, bar_chart_png(t, folder / chart_name(t))),
                            (f"{t.title}: quality vs cost (Pareto front)", pareto_png(t, folder / pareto_name(t)))]
-        return render_markdown(tables, problems), charts_html(charts)
+        arena = ratings_markdown(self.registry, VoteBook(self.registry.catalog.path).read())
+        return render_markdown(tables, problems) + "\n" + arena, charts_html(charts)
 
     @shown_in_ui
     def run_details(self, run: str | None) -> tuple[str, dict, str | None]:
@@ -227,11 +231,6 @@ def charts_html(charts: list[tuple[str, Path]]) -> str:
     return "\n".join(figures)
 
 
-def format_labels(probs: dict[str, float], top: int = 3) -> str:
-    """`label 0.83 · other 0.10 · ...` for the side-by-side text boxes."""
-    return " · ".join(f"{label} {p:.3f}" for label, p in list(probs.items())[:top])
-
-
 def header_text(registry: Registry) -> str:
     """The line above the tabs: how many runs, from where, and the cache budget."""
     runs = registry.catalog.runs()
@@ -276,11 +275,13 @@ def build_app(
             classify_run, side_run = classify_tab(handlers), side_by_side_tab(handlers)
             details_run, board, details = leaderboard_tab(handlers)
             inspect_run = inspect_tab(handlers.session)
+            arena, arena_task = arena_tab(handlers.session)
         dropdowns = [generator_run, chat_run, seq2seq_run, classify_run, side_run, details_run,
                      inspect_run]  # TAB_TASKS order
         # Cheap file-system reads: never stuck behind generations waiting for the concurrency limit.
         refresh.click(handlers.refresh, dropdowns, [header, *dropdowns], api_name="refresh_runs",
-                      concurrency_limit=None)  # fmt: skip
+                      concurrency_limit=None).then(arena.task_choices, None, arena_task, api_visibility="private",
+                                                   concurrency_limit=None)  # fmt: skip
         # A page (re)load sees runs finished since the app started, starts the beam controls at the selected
         # run's scoring settings, and fills the leaderboard.
         loaded = app.load(handlers.refresh, dropdowns, [header, *dropdowns], api_visibility="private",
