@@ -134,12 +134,15 @@ class Handlers:
         figure with its Pareto front (HTML, embedded PNGs)."""
         from eval.compare import bar_chart_png, build_tables, chart_name, collect_runs, render_markdown
         from eval.pareto import pareto_name, pareto_png
+        from eval.uncertainty import add_intervals
 
         root = self.registry.catalog.root
         runs, problems = collect_runs([self.registry.catalog.path])
         if not runs and not problems:
             return f"No runs under `{root}` yet. Train one: `tuneforge train recipes/gpt/pretrain-tiny.yaml`", ""
         tables = build_tables(runs)
+        for table in tables:  # paired-bootstrap intervals and ties, as `tuneforge compare` prints them
+            add_intervals(table)
         with self.session.plot_lock:
             folder = Path(self.session.charts.name)
             charts = []

@@ -133,13 +133,22 @@ def ratings_markdown(registry: Registry, votes: list[dict]) -> str:
               "from the blind votes in `arena-votes.jsonl`; a tie or \"both bad\" counts half a win each; "
               "95% interval: bootstrap over the votes (200 resamples, seed 12345).", ""]
     runs = {run.path.name: run for run in registry.catalog.runs()}
+    base_scores = {}  # "base: <model>" -> (metric, its score as a run's metrics.json recorded it)
+    for run in runs.values():
+        score = (run.metrics.get("base_scores") or {}).get(run.primary_metric)
+        if isinstance(score, int | float):
+            base_scores.setdefault(BASE_PREFIX + run.base_model, (run.primary_metric, score))
     for task in sorted({v.get("task") for v in votes if v.get("task")}):
         lines += [f"### {task}", "", "| contestant | rating | 95% CI | votes | W / T / L | automatic metric |",
                   "|---|---:|---:|---:|---:|---|"]
         for r in rate([v for v in votes if v.get("task") == task]):
             run = runs.get(r.name)
-            metric = (f"{run.primary_metric} {run.primary_score:.4g}" if run and run.primary_score is not None
-                      else "—")
+            if run is not None and run.primary_score is not None:
+                metric = f"{run.primary_metric} {run.primary_score:.4g}"
+            elif r.name in base_scores:
+                metric = "{} {:.4g} (its runs' base score)".format(*base_scores[r.name])
+            else:
+                metric = "—"
             ci = f"[{r.interval[0]:.0f}, {r.interval[1]:.0f}]" if r.interval else "n/a"
             lines.append(f"| {r.name} | {r.rating:.0f} | {ci} | {r.votes} | {r.wins} / {r.ties} / {r.losses} "
                          f"| {metric} |")
@@ -167,7 +176,8 @@ class Arena:
         if who.is_base:
             loaded, adapter_off = self.registry.base(who.run_key)
         else:
-            loaded, adapter_off = self.session.model(who.run_key, "side_by_side"), False
+            # Not `Session.model`: its "Loading <run>" toast would name the contestant before the vote.
+            loaded, adapter_off = self.registry.finetuned(who.run_key), False
         if loaded.task.demo_feed == "classify":
             takes_pair = "text_pair" in loaded.recipe.data.columns
             if takes_pair and not (pair and pair.strip()):
@@ -212,7 +222,7 @@ class Arena:
                           "a": state["a"], "b": state["b"], "winner": choice,
                           "input_sha256": state["input_sha256"]})
         state = {**state, "voted": True}
-        status = (f"Your vote: **{CHOICES[choice]}**. A was **{state['a']}**, B was **{state['b']}**. "
+        status = (f"Your vote: {CHOICES[choice]}. A was **{state['a']}**, B was **{state['b']}**. "
                   "Press Battle for another pair.")
         return (status, state, *_buttons(False))
 

@@ -99,4 +99,9 @@ def test_leaderboard_section_rates_each_contestant_beside_its_metric(arena, tmp_
     cells = [c.strip() for c in lora.strip("|").split("|")]
     assert int(cells[1]) > 1000 and cells[3] == "4" and cells[4] == "3 / 1 / 0"
     assert cells[5].startswith("perplexity ")
+    base = next(c.name for c in contestants(arena.registry)["causal_lm"] if c.is_base)  # gpt-lora scored its base
+    text = ratings_markdown(arena.registry, [{"task": "causal_lm", "a": base, "b": "gpt-lora", "winner": "b"}])
+    base_line = next(line for line in text.splitlines() if line.startswith(f"| {base} |"))
+    base_score = arena.registry.run("gpt-lora").metrics["base_scores"]["perplexity"]
+    assert f"perplexity {base_score:.4g} (its runs' base score)" in base_line
     assert "No votes yet" in ratings_markdown(arena.registry, [])
