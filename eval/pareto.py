@@ -110,7 +110,7 @@ def pareto_png(table: Table, path: str | Path) -> Path:
             ax.annotate(row.label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7,
                         fontweight="bold" if front else "normal")
         ax.margins(x=0.2, y=0.15)
-        ax.legend(fontsize=7, loc="best")
+        ax.legend(fontsize=7, loc="lower right")  # better is up: the lower right is the least crowded corner
     fig.suptitle(f"{table.title}: quality vs cost ({table.fingerprint[:19]})", fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
