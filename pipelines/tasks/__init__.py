@@ -53,10 +53,10 @@ class Task:
         scores_packed_windows: `data.packing` packs the scored split too, so the dataset name says "packed".
         trains_on_windows: trains on windows cut from running text (pretraining-style), which the demo's
             windows view shows.
-        head_in_config: the model's head is sized from the run's config (labels), so its base loads with the
-            run's config and its LoRA model card loads it that way.
         scores_forgetting: a language model whose perplexity on a fixed general-English slice is scored with
             the base and the run (`eval.forgetting`), so tables show what finetuning cost it.
+        head_in_config: the model's head is sized from the run's config (labels), so its base loads with the
+            run's config and its LoRA model card loads it that way.
     """
 
     name: str
@@ -80,8 +80,8 @@ class Task:
     throughput_unit: str = "tokens"
     scores_packed_windows: bool = False
     trains_on_windows: bool = False
-    head_in_config: bool = False
     scores_forgetting: bool = False
+    head_in_config: bool = False
 
 
 

@@ -361,10 +361,10 @@ TASK = Task(
     loss=loss,
     num_targets=causal_lm.num_targets,
     score=score,
+    scores_forgetting=True,
     prepare=prepare,
     on_save=on_save,
     generates=True,
     demo_feed="turn",
     check=check,
-    scores_forgetting=True,
 )
