@@ -2,8 +2,9 @@
 
 `tuneforge demo runs/` calls `launch("runs/")`. Tabs: Generator (streamed continuation), Chat (multi-turn,
 streamed, the run's own chat template), Translate / Summarize (beam search), Classify (label probabilities),
-Side by side (base model and finetuned run on one input) and Leaderboard (`tuneforge compare` tables and charts,
-per-run recipe, metrics and loss curve) and Inspect (tokens, embeddings, positions, attention, next-token
+Side by side (base model and finetuned run on one input), Leaderboard (`tuneforge compare` tables, bar and
+quality-vs-cost charts, the Arena's preference ratings, per-run recipe, metrics and loss curve), Arena (blind A/B
+votes between two models of one task; `demo.arena`) and Inspect (tokens, embeddings, positions, attention, next-token
 probabilities and pretraining windows of any run or its base; `demo.inspect_tab`). The layouts are in `demo.tabs`;
 this module holds what each tab does (`Handlers`) and serves the app.
 
@@ -23,9 +24,11 @@ from pathlib import Path
 
 import gradio as gr
 
+from demo.arena import VoteBook, arena_tab, ratings_markdown
 from demo.inference import (
     chat_input,
     decoding,
+    format_labels,
     label_probabilities,
     model_input,
     stream_text,
@@ -127,17 +130,27 @@ class Handlers:
 
     @shown_in_ui
     def leaderboard(self) -> tuple[str, str]:
-        """Leaderboard tab: the comparison tables (markdown) and one bar chart per table (HTML, embedded PNGs)."""
+        """Leaderboard tab: the comparison tables (markdown), and per table a bar chart and the quality-vs-cost
+        figure with its Pareto front (HTML, embedded PNGs)."""
         from eval.compare import bar_chart_png, build_tables, chart_name, collect_runs, render_markdown
+        from eval.pareto import pareto_name, pareto_png
+        from eval.uncertainty import add_intervals
 
         root = self.registry.catalog.root
         runs, problems = collect_runs([self.registry.catalog.path])
         if not runs and not problems:
             return f"No runs under `{root}` yet. Train one: `tuneforge train recipes/gpt/pretrain-tiny.yaml`", ""
         tables = build_tables(runs)
+        for table in tables:  # paired-bootstrap intervals and ties, as `tuneforge compare` prints them
+            add_intervals(table)
         with self.session.plot_lock:
-            charts = [(t.title, bar_chart_png(t, Path(self.session.charts.name) / chart_name(t))) for t in tables]
-        return render_markdown(tables, problems), charts_html(charts)
+            folder = Path(self.session.charts.name)
+            charts = []
+            for t in tables:
+                charts += [(t.title, bar_chart_png(t, folder / chart_name(t))),
+                           (f"{t.title}: quality vs cost (Pareto front)", pareto_png(t, folder / pareto_name(t)))]
+        arena = ratings_markdown(self.registry, VoteBook(self.registry.catalog.path).read())
+        return render_markdown(tables, problems) + "\n" + arena, charts_html(charts)
 
     @shown_in_ui
     def run_details(self, run: str | None) -> tuple[str, dict, str | None]:
@@ -212,15 +225,13 @@ def charts_html(charts: list[tuple[str, Path]]) -> str:
     """PNG charts as one HTML block (embedded as data URIs, so nothing on disk is served to the browser)."""
     figures = []
     for title, path in charts:
+        path = Path(path)
         data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+        width = 1500 if path.name.endswith("-pareto.png") else 700  # the Pareto figure has three panels
         figures.append(f'<figure><img alt="{html.escape(title)}" src="data:image/png;base64,{data}" '
-                       f'style="max-width: 700px; width: 100%"><figcaption>{html.escape(title)}</figcaption></figure>')
+                       f'style="max-width: {width}px; width: 100%"><figcaption>{html.escape(title)}</figcaption>'
+                       '</figure>')
     return "\n".join(figures)
-
-
-def format_labels(probs: dict[str, float], top: int = 3) -> str:
-    """`label 0.83 · other 0.10 · ...` for the side-by-side text boxes."""
-    return " · ".join(f"{label} {p:.3f}" for label, p in list(probs.items())[:top])
 
 
 def header_text(registry: Registry) -> str:
@@ -267,11 +278,13 @@ def build_app(
             classify_run, side_run = classify_tab(handlers), side_by_side_tab(handlers)
             details_run, board, details = leaderboard_tab(handlers)
             inspect_run = inspect_tab(handlers.session)
+            arena, arena_task = arena_tab(handlers.session)
         dropdowns = [generator_run, chat_run, seq2seq_run, classify_run, side_run, details_run,
                      inspect_run]  # TAB_TASKS order
         # Cheap file-system reads: never stuck behind generations waiting for the concurrency limit.
         refresh.click(handlers.refresh, dropdowns, [header, *dropdowns], api_name="refresh_runs",
-                      concurrency_limit=None)  # fmt: skip
+                      concurrency_limit=None).then(arena.task_choices, None, arena_task, api_visibility="private",
+                                                   concurrency_limit=None)  # fmt: skip
         # A page (re)load sees runs finished since the app started, starts the beam controls at the selected
         # run's scoring settings, and fills the leaderboard.
         loaded = app.load(handlers.refresh, dropdowns, [header, *dropdowns], api_visibility="private",

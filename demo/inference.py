@@ -263,6 +263,11 @@ def _adapter(loaded: LoadedModel, adapter_off: bool):
     return loaded.model.disable_adapter() if adapter_off else contextlib.nullcontext()
 
 
+def format_labels(probs: dict[str, float], top: int = 3) -> str:
+    """`label 0.83 · other 0.10 · ...` for the side-by-side and arena text boxes."""
+    return " · ".join(f"{label} {p:.3f}" for label, p in list(probs.items())[:top])
+
+
 def label_probabilities(
     loaded: LoadedModel, text: str, pair: str | None = None, *, adapter_off: bool = False
 ) -> dict[str, float]:

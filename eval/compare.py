@@ -11,6 +11,7 @@ never silently dropped.
 import sys
 from pathlib import Path
 
+from eval.pareto import pareto_name, pareto_png
 from eval.render import bar_chart_png, chart_name, render_csv, render_html, render_markdown
 from eval.tables import FORMATS, Problem, Row, Run, Table, build_tables, collect_runs
 from eval.uncertainty import add_intervals
@@ -29,8 +30,8 @@ def compare_main(
         paths: run folders or folders of runs; empty means ``["runs"]``.
         fmt: "markdown", "csv" or "html".
         out: file to write the report to (parents created); None writes nothing (the CLI prints the result).
-        charts_dir: where the per-table bar charts (PNG) go; default ``<out's folder>/compare`` with ``out``, else
-            ``<first path>/compare``.
+        charts_dir: where the per-table bar charts and quality-vs-cost figures (PNG, `eval.pareto`) go; default
+            ``<out's folder>/compare`` with ``out``, else ``<first path>/compare``.
 
     Returns:
         The report text. Problems are part of the markdown and HTML reports; with CSV (which has no place for
@@ -58,17 +59,19 @@ def compare_main(
     if charts_dir is None:
         charts_dir = (out.parent if out is not None else paths[0]) / "compare"
     charts = {table.id: bar_chart_png(table, Path(charts_dir) / chart_name(table)) for table in tables}
+    pareto = {table.id: pareto_png(table, Path(charts_dir) / pareto_name(table)) for table in tables}
 
     if fmt == "markdown":
         base = out.parent if out is not None else Path.cwd()
         links = {key: _relative(path, base) for key, path in charts.items()}
-        text = render_markdown(tables, problems, links)
+        fronts = {key: _relative(path, base) for key, path in pareto.items()}
+        text = render_markdown(tables, problems, links, fronts)
     elif fmt == "csv":
         text = render_csv(tables)
         for problem in problems:
             print(f"not compared: {problem.path}: {problem.reason}", file=sys.stderr)
     else:
-        text = render_html(tables, problems, charts)
+        text = render_html(tables, problems, charts, pareto)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text, encoding="utf-8")

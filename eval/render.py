@@ -8,10 +8,12 @@ import math
 import re
 from pathlib import Path
 
+from eval.forgetting import SCORE_KEY as GENERAL
 from eval.tables import _MISSING, Problem, Row, Table
 
 NA = "n/a"  # a row without per-example evidence (e.g. an older run): no interval, never a crash
 TIED = "= tied"
+FORGETTING_HEADER = "forgetting (Δ general ppl vs base)"
 
 # ---------------------------------------------------------------------------------------------------------------
 # rendering
@@ -60,7 +62,11 @@ def _display_rows(table: Table) -> tuple[list[str], list[list[str]]]:
     """Header and formatted cells shared by the markdown and HTML renderers."""
     unit = "examples/s" if table.throughput_key == "examples_per_s" else "tokens/s"
     header = ["run", "method", table.primary_metric, "95% CI", "vs best (95% CI)", *table.metrics[1:]]
-    header += [f"Δ {table.primary_metric} vs base", "trainable params", "total params", "train s", unit, "peak MB"]
+    header += [f"Δ {table.primary_metric} vs base"]
+    forgetting = has_forgetting(table)
+    if forgetting:
+        header.append(FORGETTING_HEADER)
+    header += ["trainable params", "total params", "train s", unit, "peak MB"]
     cells = []
     for row in table.rows:
         trainable = _human(row.trainable_params)
@@ -70,10 +76,38 @@ def _display_rows(table: Table) -> tuple[list[str], list[list[str]]]:
             [row.label, row.method, _fmt(row.scores.get(table.primary_metric)), _interval(row.interval)]
             + [_vs_best(row)]
             + [_fmt(row.scores.get(name)) for name in table.metrics[1:]]
-            + [_delta(row), trainable, _human(row.total_params)]
+            + [_delta(row)] + ([_forgetting(row)] if forgetting else []) + [trainable, _human(row.total_params)]
             + [_fmt(row.train_seconds), _throughput(row, table), _fmt(row.peak_memory_mb)]
         )
     return header, cells
+
+
+def has_forgetting(table: Table) -> bool:
+    """True when any row of the table was scored on the general-English slice (`eval.forgetting`)."""
+    return any(GENERAL in row.scores for row in table.rows)
+
+
+def _forgetting(row: Row) -> str:
+    """The change of general-English perplexity from the base: '+1.3 (+4.2%)'; > 0 means the run forgot."""
+    if row.forgetting is None:
+        return _MISSING
+    base = row.scores[GENERAL] - row.forgetting
+    relative = f" ({row.forgetting / base:+.1%})" if base > 0 else ""
+    return _fmt(row.forgetting, signed=True) + relative
+
+
+def _forgetting_caption(table: Table) -> str | None:
+    """Which text the forgetting column measures, with its fingerprint; None without such scores."""
+    if not has_forgetting(table):
+        return None
+    slices = {(s["source"], s["sha256"], s.get("chars")) for row in table.rows
+              if isinstance(s := (row.settings or {}).get(GENERAL), dict) and "sha256" in s}
+    named = "; ".join(f"{src} (first {chars:,} characters, sha256 {sha[:12]})" for src, sha, chars in sorted(slices))
+    text = (f"{FORGETTING_HEADER}: the run's perplexity on a fixed general-English text that no recipe trains on "
+            f"minus its base model's (> 0: it forgot some general English); text: {named or 'not recorded'}")
+    if len(slices) > 1:
+        text += " · WARNING: runs measured on different texts; their changes are not comparable"
+    return text
 
 
 def _interval(bounds: tuple[float, float] | None, signed: bool = False) -> str:
@@ -122,13 +156,15 @@ def _caption(table: Table) -> str:
     )
 
 
-def render_markdown(tables: list[Table], problems: list[Problem], charts: dict[str, str] | None = None) -> str:
+def render_markdown(tables: list[Table], problems: list[Problem], charts: dict[str, str] | None = None,
+                    pareto: dict[str, str] | None = None) -> str:
     """Renders tables and problems as GitHub-flavoured markdown.
 
     Args:
         tables: from ``build_tables``.
         problems: from ``collect_runs``; listed under "Not compared" with their reasons.
         charts: optional table id -> image path (relative to where the markdown will live) to link under tables.
+        pareto: optional table id -> quality-vs-cost figure path (`eval.pareto`), linked after the bar chart.
 
     Returns:
         The markdown text. The best row's label and primary value are in bold (``**``).
@@ -139,6 +175,8 @@ def render_markdown(tables: list[Table], problems: list[Problem], charts: dict[s
     for table in tables:
         header, cells = _display_rows(table)
         lines += [f"## {table.title}", "", _caption(table) + " · **bold** = best", "", _bootstrap_caption(table), ""]
+        if _forgetting_caption(table):
+            lines += [_forgetting_caption(table), ""]
         lines.append("| " + " | ".join(header) + " |")
         lines.append("|" + "|".join("---" if i < 2 else "---:" for i in range(len(header))) + "|")
         for row, row_cells in zip(table.rows, cells, strict=True):
@@ -150,6 +188,8 @@ def render_markdown(tables: list[Table], problems: list[Problem], charts: dict[s
         lines += [f"> note: {note}" for note in table.notes + _evidence_notes(table)]
         if charts and table.id in charts:
             lines += [f"![{table.primary_metric}]({charts[table.id]})", ""]
+        if pareto and table.id in pareto:
+            lines += [f"![{table.primary_metric} vs cost, Pareto front marked]({pareto[table.id]})", ""]
     if problems:
         lines += ["## Not compared", ""]
         lines += [f"- `{problem.path}`: {problem.reason}" for problem in problems]
@@ -178,6 +218,7 @@ CSV_TRAILING = (
     "tokens_per_s",
     "examples_per_s",
     "peak_memory_mb",
+    "forgetting",
 )
 # Paired-bootstrap columns (eval.uncertainty); empty where a row has no per-example evidence.
 CSV_INTERVALS = (
@@ -199,7 +240,8 @@ def render_csv(tables: list[Table]) -> str:
     Values are raw (no thousands separators or rounding; ``repr``-exact floats) so the file round-trips. Columns:
     ``CSV_COLUMNS`` (``table`` is ``Table.id``, ``best`` and ``greater_is_better`` are "true"/"false"), then the
     union of score columns over all tables (empty where a table lacks the metric), then ``CSV_TRAILING``
-    (``delta`` is the primary metric minus the base model's), then ``CSV_INTERVALS`` (the paired-bootstrap 95%
+    (``delta`` is the primary metric minus the base model's, ``forgetting`` the general-English perplexity minus the
+    base model's, `eval.forgetting`), then ``CSV_INTERVALS`` (the paired-bootstrap 95%
     interval of the primary metric, of its difference from the best row and from a paired base, ``tied_with_best``
     "true"/"false", resamples and seed; empty without per-example evidence).
 
@@ -255,17 +297,20 @@ tr.baseline td { color: #555; }
 tr.tied td { background: #eef6ee; }
 p.caption { color: #555; font-size: 0.9em; }
 img.chart { max-width: 700px; display: block; }
+img.pareto { max-width: 1500px; width: 100%; }
 .problems li { color: #a33; }
 """
 
 
-def render_html(tables: list[Table], problems: list[Problem], charts: dict[str, Path] | None = None) -> str:
+def render_html(tables: list[Table], problems: list[Problem], charts: dict[str, Path] | None = None,
+                pareto: dict[str, Path] | None = None) -> str:
     """Renders a self-contained HTML report (inline CSS, charts embedded as base64 PNG).
 
     Args:
         tables: from ``build_tables``.
         problems: from ``collect_runs``.
         charts: table id -> PNG path (from ``bar_chart_png``); embedded under each table.
+        pareto: table id -> quality-vs-cost PNG (from ``eval.pareto.pareto_png``); embedded after the bar chart.
 
     Returns:
         The HTML document. Rows carry classes ``best``, ``base`` and ``baseline``.
@@ -282,7 +327,8 @@ def render_html(tables: list[Table], problems: list[Problem], charts: dict[str, 
     for table in tables:
         header, cells = _display_rows(table)
         parts.append(f'<h2 id="{html.escape(table.id)}">{html.escape(table.title)}</h2>')
-        captions = "<br>".join(html.escape(c) for c in (_caption(table), _bootstrap_caption(table)))
+        texts = (_caption(table), _bootstrap_caption(table), _forgetting_caption(table))
+        captions = "<br>".join(html.escape(c) for c in texts if c)
         parts.append(f'<p class="caption">{captions}</p>')
         parts.append("<table><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr></thead>")
         parts.append("<tbody>")
@@ -295,15 +341,21 @@ def render_html(tables: list[Table], problems: list[Problem], charts: dict[str, 
         parts.append("</tbody></table>")
         parts += [f"<p class='caption'>note: {html.escape(note)}</p>" for note in table.notes + _evidence_notes(table)]
         if table.id in charts:
-            data = base64.b64encode(Path(charts[table.id]).read_bytes()).decode("ascii")
-            alt = html.escape(f"{table.primary_metric} per run")
-            parts.append(f'<img class="chart" alt="{alt}" src="data:image/png;base64,{data}">')
+            parts.append(_embedded(charts[table.id], f"{table.primary_metric} per run", "chart"))
+        if pareto and table.id in pareto:
+            alt = f"{table.primary_metric} vs train seconds, peak memory and trainable parameters, Pareto front marked"
+            parts.append(_embedded(pareto[table.id], alt, "chart pareto"))
     if problems:
         parts.append('<h2>Not compared</h2><ul class="problems">')
         parts += [f"<li><code>{html.escape(str(p.path))}</code>: {html.escape(p.reason)}</li>" for p in problems]
         parts.append("</ul>")
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
+
+
+def _embedded(path: Path, alt: str, css_class: str) -> str:
+    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    return f'<img class="{css_class}" alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
 
 def bar_chart_png(table: Table, path: str | Path) -> Path:

@@ -11,6 +11,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from eval.forgetting import SCORE_KEY as GENERAL
 from pipelines.errors import TuneforgeError
 from pipelines.record import RecordError, RunRecord, TrainStats, parse_record
 from pipelines.tasks import registry
@@ -74,6 +75,7 @@ class Row:
         tied: True when ``vs_best`` contains 0 (not significantly different from the best); None when unknown.
         vs_base: interval of (primary metric - its base model's), where the base was scored as a run of the table.
         evidence_note: why a row has no interval.
+        forgetting: general-English perplexity (`eval.forgetting`) minus its base model's; > 0: the run forgot.
     """
 
     label: str
@@ -96,6 +98,7 @@ class Row:
     tied: bool | None = None
     vs_base: tuple[float, float] | None = None
     evidence_note: str | None = None
+    forgetting: float | None = None
 
 
 @dataclass
@@ -294,6 +297,7 @@ def _run_row(run: Run, primary: str) -> Row:
     scores = _numeric_scores(record.scores)
     base = _numeric_scores(record.base_scores)
     delta = scores[primary] - base[primary] if primary in scores and primary in base else None
+    forgetting = scores[GENERAL] - base[GENERAL] if GENERAL in scores and GENERAL in base else None
     train, params = record.train or TrainStats(), record.params
     method = record.method or "?"
     return Row(
@@ -302,6 +306,7 @@ def _run_row(run: Run, primary: str) -> Row:
         method=method,
         scores=scores,
         delta=delta,
+        forgetting=forgetting,
         trainable_params=params.trainable if params else None,
         total_params=params.total if params else None,
         train_seconds=train.seconds,

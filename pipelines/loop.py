@@ -41,7 +41,16 @@ def score(prep: Prepared, recipe: Recipe, accelerator: Accelerator, model, split
         accelerator=accelerator, model=model, tokenizer=prep.tokenizer, recipe=recipe, rows=prep.data[split],
         features=prep.features[split], task=prep.task, batch_size=recipe.eval.batch_size,
     )
-    return prep.task.score(ctx)
+    scored = prep.task.score(ctx)
+    if prep.task.scores_forgetting:  # the same general-English slice for the base and the run (eval.forgetting)
+        from eval.forgetting import general_perplexity
+
+        general = general_perplexity(model, prep.tokenizer, prep.task.loss, accelerator.device,
+                                     recipe.eval.batch_size)
+        if general is not None:
+            scored.scores.update(general[0])
+            scored.settings.update(general[1])
+    return scored
 
 
 def validation_loss(prep: Prepared, recipe: Recipe, accelerator: Accelerator, model) -> dict[str, float]:

@@ -172,12 +172,13 @@ def test_html_is_self_contained_with_tables_charts_and_problems(runs_dir, tmp_pa
     out = tmp_path / "report" / "compare.html"
     text = compare_main([runs_dir], fmt="html", out=out)
     assert out.read_text(encoding="utf-8") == text
-    assert text.count("<table>") == 3 and text.count("data:image/png;base64,") == 3
+    # per table a bar chart and a quality-vs-cost figure (eval.pareto)
+    assert text.count("<table>") == 3 and text.count("data:image/png;base64,") == 6
     assert '<tr class="best">' in text and '<tr class="baseline best">' in text and '<tr class="base">' in text
     assert "status failed: CUDA out of memory" in text and "<style>" in text
     assert "http" not in text.replace("http://", "")  # nothing fetched from elsewhere
     charts = sorted(p.name for p in (tmp_path / "report" / "compare").glob("*.png"))
-    assert len(charts) == 3 and all(
+    assert len(charts) == 6 and sum(c.endswith("-pareto.png") for c in charts) == 3 and all(
         (tmp_path / "report" / "compare" / c).read_bytes()[:4] == b"\x89PNG" for c in charts
     )
 
@@ -187,7 +188,7 @@ def test_compare_main_markdown_and_errors(runs_dir, tmp_path):
     assert text.count("## causal_lm · manpages / test") == 2 and "## classification · debian-packages / test" in text
     assert "## Not compared" in text and "gpt-killed" in text and "![perplexity](" in text
     assert "| **cls-tfidf** | baseline | **0.66** |" in text
-    assert len(list((tmp_path / "charts").glob("*.png"))) == 3
+    assert len(list((tmp_path / "charts").glob("*.png"))) == 6  # a bar chart and a Pareto figure per table
     assert compare_main([runs_dir], fmt="csv", charts_dir=tmp_path / "charts").startswith("table,task,dataset,")
     with pytest.raises(TuneforgeError, match="unknown format"):
         compare_main([runs_dir], fmt="xlsx")

@@ -230,7 +230,11 @@ def test_leaderboard_shows_tables_charts_and_run_details(client, runs_root):
     for name in ("gpt-lora", "gpt-tiny"):
         assert f"| {name} |" in tables or f"| **{name}** |" in tables
     assert "## Not compared" in tables and "gpt-unfinished" in tables
-    assert charts.count('src="data:image/png;base64,') == tables.count("\n## ") - 1  # one per table
+    assert "## Arena: blind preference ratings" in tables  # demo.arena; no votes in this folder
+    n_tables = tables.count("\n## ") - 2  # less "Not compared" and the Arena section
+    # per table a bar chart and a quality-vs-cost figure (eval.pareto)
+    assert charts.count('src="data:image/png;base64,') == 2 * n_tables
+    assert charts.count("quality vs cost (Pareto front)</figcaption>") == n_tables
     recipe, metrics, curve = client.predict("gpt-lora", api_name="/run_details")
     assert yaml.safe_load(recipe) == yaml.safe_load((runs_root / "gpt-lora" / "recipe.yaml").read_text())
     assert metrics == json.loads((runs_root / "gpt-lora" / "metrics.json").read_text())

@@ -167,7 +167,7 @@ def test_perplexity_runs_pair_through_evidence_and_runs_without_it_show_na(tmp_p
     text = compare_main([tmp_path], charts_dir=tmp_path / "charts")
     old = next(line for line in text.splitlines() if line.startswith("| old |"))
     assert "| n/a | n/a |" in old and "no interval for old: no evidence.json" in text
-    assert len(list((tmp_path / "charts").glob("*.png"))) == 1
+    assert len(list((tmp_path / "charts").glob("*.png"))) == 2  # the bar chart and the quality-vs-cost figure
 
 
 def test_compare_without_any_evidence_prints_na(tmp_path):

@@ -53,6 +53,8 @@ class Task:
         scores_packed_windows: `data.packing` packs the scored split too, so the dataset name says "packed".
         trains_on_windows: trains on windows cut from running text (pretraining-style), which the demo's
             windows view shows.
+        scores_forgetting: a language model whose perplexity on a fixed general-English slice is scored with
+            the base and the run (`eval.forgetting`), so tables show what finetuning cost it.
         head_in_config: the model's head is sized from the run's config (labels), so its base loads with the
             run's config and its LoRA model card loads it that way.
         metrics: (recipe) -> the scalar scores `score` reports under that recipe, which validation during training
@@ -82,6 +84,7 @@ class Task:
     throughput_unit: str = "tokens"
     scores_packed_windows: bool = False
     trains_on_windows: bool = False
+    scores_forgetting: bool = False
     head_in_config: bool = False
     metrics: Callable[[Any], tuple[str, ...]] | None = None
 

@@ -195,6 +195,7 @@ TASK = Task(
     loss=loss,
     num_targets=num_targets,
     score=score,
+    scores_forgetting=True,
     scores_packed_windows=True,
     trains_on_windows=True,
     metrics=metrics,

@@ -370,6 +370,7 @@ TASK = Task(
     loss=loss,
     num_targets=causal_lm.num_targets,
     score=score,
+    scores_forgetting=True,
     prepare=prepare,
     on_save=on_save,
     generates=True,
