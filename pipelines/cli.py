@@ -70,12 +70,13 @@ def _positive_int(text: str) -> int:
 
 def cmd_train(args) -> int:
     from pipelines import loop
+    from pipelines.card import launch_line
     from pipelines.recipe import load_recipe
     from pipelines.tasks import get_task
 
     recipe = load_recipe(args.recipe, args.overrides)
     run_dir = Path(recipe.output.dir) / recipe.run_name(args.recipe)
-    launch = "tuneforge train " + shlex.join([args.recipe, *args.overrides])
+    launch = launch_line("tuneforge train " + shlex.join([args.recipe, *args.overrides]))
     metrics = loop.train(recipe, run_dir, overwrite=args.overwrite, launch=launch)
     if metrics.get("status") == "finished" and is_main_process():
         primary = metrics["primary_metric"]

@@ -145,9 +145,38 @@ def save_model(accelerator: Accelerator, model: torch.nn.Module, out_dir: str | 
             kwargs["safe_serialization"] = True  # PEFT's option; transformers 5 always writes safetensors
             if getattr(peft_config, "trainable_token_indices", None):
                 kwargs["save_embedding_layers"] = False
+            peft_config.base_model_name_or_path = portable_base(peft_config.base_model_name_or_path)
         unwrapped.save_pretrained(out_dir, state_dict=state_dict, **kwargs)
+        inner = unwrapped.get_base_model() if peft_config is not None else None
+        if inner is not None and inner.can_generate() and inner.generation_config is not None:
+            # A full model's save writes generation_config.json; an adapter's does not, and its card needs one.
+            inner.generation_config.save_pretrained(out_dir)
     accelerator.wait_for_everyone()
     return unwrapped
+
+
+def portable_base(base: str | None) -> str | None:
+    """An adapter's base as a name that resolves from any directory: a local folder by its absolute path (never
+    relative to where training ran, e.g. `runs/gpt-pretrain-tiny/model`), anything else (a Hub id) unchanged.
+
+    The model card records the folder's weight fingerprint beside it (`card.weights_fingerprint`).
+    """
+    if base and Path(base).expanduser().is_dir():
+        return str(Path(base).expanduser().resolve())
+    return base
+
+
+def make_readable(folder: str | Path) -> None:
+    """Give every file under `folder` the mode a plain `open()` would (0666 less the umask, usually 0644).
+
+    Some writers (safetensors' and huggingface_hub's atomic writes through `tempfile.mkstemp`) leave files mode
+    0600, unreadable to the other users of a shared model folder; `save_pretrained` outputs elsewhere are not.
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in Path(folder).rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            path.chmod(0o666 & ~umask)
 
 
 def sharded(accelerator: Accelerator) -> bool:

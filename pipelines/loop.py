@@ -19,7 +19,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
-from pipelines import checkpoints, distributed, failures, flops, modeling, runs
+from pipelines import card, checkpoints, distributed, failures, flops, modeling, runs
 from pipelines.batching import StepBatches, accumulation_steps, pad_multiple
 from pipelines.build import Prepared, build, lr_lambda, make_optimizer
 from pipelines.errors import TuneforgeError
@@ -339,6 +339,7 @@ def finish(prep: Prepared, recipe: Recipe, run_dir: Path, accelerator: Accelerat
             prep.tokenizer.save_pretrained(model_dir)
             if prep.task.on_save is not None:
                 prep.task.on_save(model_dir, unwrapped, prep.tokenizer, recipe)
+            distributed.make_readable(model_dir)
     val = validation_loss(prep, recipe, accelerator, fitted.model)
     result = score(prep, recipe, accelerator, fitted.model)
     record = RunRecord(
@@ -356,6 +357,7 @@ def finish(prep: Prepared, recipe: Recipe, run_dir: Path, accelerator: Accelerat
     )
     metrics = record.as_dict()
     if accelerator.is_main_process:
-        write_result(run_dir, record, result, runs.model_card(recipe, metrics, launch, prep.task.head_in_config))
+        card.write_card(run_dir, recipe, prep.task, metrics, launch, result.predictions, prep.data["test"])
+        write_result(run_dir, record, result, card.run_readme(metrics))
     accelerator.wait_for_everyone()
     return metrics
