@@ -128,7 +128,8 @@ def _predict_lines(task, recipe: Recipe, example: str) -> list[str]:
                  "ids = tokenizer(prompt + '\\n', add_special_tokens=False)['input_ids']",
                  "ids = ([tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []) + ids",
                  f"ids = ids[:{recipe.data.max_length}]",
-                 "inputs = {'input_ids': torch.tensor([ids]), 'attention_mask': torch.ones(1, len(ids), dtype=torch.long)}"]
+                 "inputs = {'input_ids': torch.tensor([ids]), "
+                 "'attention_mask': torch.ones(1, len(ids), dtype=torch.long)}"]
     # The saved generation config holds the stop tokens (a chat run's end of turn); PEFT does not read it.
     return lines + ["generation_config = GenerationConfig.from_pretrained(model_dir)",
                     f"out = model.generate(**inputs, generation_config=generation_config, {kwargs})",

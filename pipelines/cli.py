@@ -45,6 +45,14 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--format", choices=["markdown", "csv", "html"], default="markdown")
     c.add_argument("--out", help="write the table here instead of stdout")
 
+    x = sub.add_parser("export", help="a standalone model folder (merged LoRA), verified against the run")
+    x.add_argument("run", help="a finished run folder")
+    x.add_argument("--out", required=True, help="the folder to write (must not exist, or be empty)")
+    x.add_argument("--merge", action="store_true", help="merge a LoRA adapter into its base (needed for LoRA runs)")
+    x.add_argument("--dtype", choices=["bf16", "fp32"], help="weights dtype (default: the base's)")
+    x.add_argument("--examples", type=_positive_int, default=8, help="test examples whose logits are compared")
+    x.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+
     d = sub.add_parser("demo", help="the Gradio app serving every run")
     d.add_argument("runs_dir", nargs="?", default="runs")
     d.add_argument("--host", default="127.0.0.1")
@@ -125,6 +133,17 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from pipelines.export import export_model
+
+    check = export_model(args.run, args.out, merge=args.merge, dtype=args.dtype, examples=args.examples,
+                         overwrite=args.overwrite)
+    print(f"{args.out}: verified; logits of {check.examples} test examples within {check.max_abs_diff:.3g} "
+          f"(largest |logit| {check.max_abs_logit:.3g}); test {check.metric} {check.export_score:.6g} "
+          f"(run {check.run_score:.6g})")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from demo.app import launch
 
@@ -157,7 +176,7 @@ def cmd_data(args) -> int:
 
 
 COMMANDS = {"train": cmd_train, "validate": cmd_validate, "eval": cmd_eval, "compare": cmd_compare,
-            "demo": cmd_demo, "data": cmd_data, "baseline": cmd_baseline}
+            "demo": cmd_demo, "data": cmd_data, "export": cmd_export, "baseline": cmd_baseline}
 
 
 def main(argv: list[str] | None = None) -> int:

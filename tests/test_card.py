@@ -1,9 +1,9 @@
 """Model cards: every ```python block of every shipped family's card runs as written, from a moved run folder.
 
-The tiny runs are the demo's (`demo_fixtures.trained_runs`: chat LoRA, BART LoRA, LoRA classifier) plus a GPT
-LoRA run scored by generation and a full-finetuned classifier. Each run folder is copied to another path; a fresh Python process (no tuneforge on its
-path, offline) runs each card's blocks from inside the copied `model/` and must print the run's own prediction for
-the card's example (predictions.jsonl's first row).
+The tiny runs are the demo's (`demo_fixtures.trained_runs`: chat LoRA, BART LoRA, LoRA classifier) plus a GPT LoRA
+run scored by generation and a full-finetuned classifier. Each run folder is copied to another path; a fresh Python
+process (no tuneforge on its path, offline) runs each card's blocks from inside the copied `model/` and must print
+the run's own prediction for the card's example (predictions.jsonl's first row).
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import tiny_lora_raw
 from demo_fixtures import _classifier_raw, trained_runs, write_label_corpus
 
