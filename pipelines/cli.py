@@ -53,6 +53,12 @@ def _parser() -> argparse.ArgumentParser:
     x.add_argument("--examples", type=_positive_int, default=8, help="test examples whose logits are compared")
     x.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
 
+    u = sub.add_parser("push", help="upload a run's model folder (with its card) to the Hugging Face Hub")
+    u.add_argument("run", help="a finished run folder")
+    u.add_argument("repo", help="the Hub repo id, user/name")
+    u.add_argument("--private", action="store_true", help="create the repo private")
+    u.add_argument("--dry-run", action="store_true", help="list the files that would be sent; send nothing")
+
     d = sub.add_parser("demo", help="the Gradio app serving every run")
     d.add_argument("runs_dir", nargs="?", default="runs")
     d.add_argument("--host", default="127.0.0.1")
@@ -144,6 +150,16 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_push(args) -> int:
+    from pipelines.push import files_to_push, push_run
+
+    if args.dry_run:
+        print("\n".join(files_to_push(args.run)))
+        return 0
+    print(push_run(args.run, args.repo, private=args.private))
+    return 0
+
+
 def cmd_demo(args) -> int:
     from demo.app import launch
 
@@ -176,7 +192,7 @@ def cmd_data(args) -> int:
 
 
 COMMANDS = {"train": cmd_train, "validate": cmd_validate, "eval": cmd_eval, "compare": cmd_compare,
-            "demo": cmd_demo, "data": cmd_data, "export": cmd_export, "baseline": cmd_baseline}
+            "demo": cmd_demo, "data": cmd_data, "export": cmd_export, "push": cmd_push, "baseline": cmd_baseline}
 
 
 def main(argv: list[str] | None = None) -> int:

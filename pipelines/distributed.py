@@ -215,3 +215,57 @@ def generation_context(accelerator: Accelerator, model: torch.nn.Module) -> Iter
             yield True
         return
     yield True
+
+
+def trainable_only_checkpoints(accelerator: Accelerator, model: torch.nn.Module) -> bool:
+    """Make `accelerator.save_state` keep only the parameters that train when some are frozen (LoRA, head-only).
+
+    A LoRA checkpoint then holds the adapter (and `modules_to_save` heads, trained token rows), not the frozen
+    base: a resumed run rebuilds the base from `model.base` exactly as the fresh run did (`build` is
+    deterministic) and loads only the trained part. Optimizer, scheduler, RNG and sampler states are saved as
+    before. Accelerate's model-state hooks are the documented place for this ("Saving and loading states",
+    `register_save_state_pre_hook`); FSDP and DeepSpeed save their own sharded states and are left alone.
+
+    Args:
+        accelerator: the run's Accelerator.
+        model: the prepared model (its `requires_grad` flags are final).
+
+    Returns:
+        True when the hooks were registered (some parameter is frozen and the model is not sharded).
+    """
+    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        return False
+    frozen = {name for name, p in model.named_parameters(remove_duplicate=False) if not p.requires_grad}
+    if not frozen:
+        return False
+
+    def keep_trainable(models: list, weights: list, output_dir: str) -> None:
+        for i, state in enumerate(weights):  # buffers stay (small, and some may change in training)
+            weights[i] = {k: v for k, v in state.items() if k not in frozen}
+
+    def load_trainable(models: list, input_dir: str) -> None:
+        from safetensors.torch import load_file
+
+        for i, module in enumerate(models):
+            path = Path(input_dir) / f"model{'' if i == 0 else f'_{i}'}.safetensors"
+            result = module.load_state_dict(load_file(path, device=str(accelerator.device)), strict=False)
+            shared = {name for name in result.missing_keys if name not in frozen}
+            if result.unexpected_keys or shared - shared_names(module):
+                raise TuneforgeError(
+                    f"train.resume: {path} does not match the model (unexpected {result.unexpected_keys[:3]}, "
+                    f"missing trained {sorted(shared)[:3]}); resume with the recipe that wrote it, or --overwrite"
+                )
+        models.clear()  # loaded here; Accelerate's own (strict) load would ask for the frozen base too
+
+    accelerator.register_save_state_pre_hook(keep_trainable)
+    accelerator.register_load_state_pre_hook(load_trainable)
+    return True
+
+
+
+def shared_names(module: torch.nn.Module) -> set[str]:
+    """Parameter names whose tensor has another name too (tied weights: a safetensors file holds one of them)."""
+    names: dict[int, list[str]] = {}
+    for name, p in module.named_parameters(remove_duplicate=False):
+        names.setdefault(id(p), []).append(name)
+    return {name for group in names.values() if len(group) > 1 for name in group}

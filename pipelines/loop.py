@@ -19,7 +19,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
-from pipelines import card, checkpoints, distributed, failures, flops, modeling, runs
+from pipelines import card, checkpoints, distributed, failures, flops, modeling, push, runs
 from pipelines.batching import StepBatches, accumulation_steps, pad_multiple
 from pipelines.build import Prepared, build, lr_lambda, make_optimizer
 from pipelines.errors import TuneforgeError
@@ -173,6 +173,7 @@ def fit(prep: Prepared, recipe: Recipe, run_dir: Path, accelerator: Accelerator,
     )
     model, optimizer = accelerator.prepare(prep.model, optimizer)
     accelerator.register_for_checkpointing(scheduler)
+    distributed.trainable_only_checkpoints(accelerator, model)  # LoRA: the adapter, not the frozen base
     features = prep.features["train"]
     batches = StepBatches(
         features["length"], cfg.micro_batch_size, accumulation_steps(cfg, accelerator.num_processes),
@@ -360,4 +361,6 @@ def finish(prep: Prepared, recipe: Recipe, run_dir: Path, accelerator: Accelerat
         card.write_card(run_dir, recipe, prep.task, metrics, launch, result.predictions, prep.data["test"])
         write_result(run_dir, record, result, card.run_readme(metrics))
     accelerator.wait_for_everyone()
+    if accelerator.is_main_process and recipe.output.push_to_hub:
+        push.push_finished(run_dir, recipe.output.push_to_hub)
     return metrics

@@ -203,6 +203,8 @@ class ChatConfig(_Section):
 class OutputConfig(_Section):
     dir: str = "runs"
     name: str | None = Field(None, description="run folder name; default: the recipe file's stem")
+    push_to_hub: str | None = Field(None, description="Hub repo id (user/name) to upload model/ to when the run "
+                                    "finishes (`tuneforge push`)")
 
     @field_validator("name")
     @classmethod
