@@ -61,15 +61,20 @@ def example_input(predictions: list[dict] | None, rows, recipe: Recipe, feed: st
         recipe: the run's recipe (`data.columns`).
         feed: the task's `demo_feed`.
     """
-    if predictions:
+    if predictions and INPUT_FIELD[feed] in predictions[0]:
         return str(predictions[0][INPUT_FIELD[feed]])
     columns = recipe.data.columns
-    if feed == "turn":
-        users = [m for m in rows[0][columns["messages"]] if m.get("role") == "user"]
-        return str(users[0]["content"]) if users else ""
-    role = {"continue": "prompt" if "prompt" in columns else "text", "source": "source", "classify": "text"}[feed]
-    text = str(rows[0][columns.get(role, columns.get("text", ""))])
-    return text if role != "text" or feed == "classify" else " ".join(text.split()[:8])
+    try:
+        if feed == "turn":
+            users = [m for m in rows[0][columns["messages"]] if m.get("role") == "user"]
+            return str(users[0]["content"]) if users else "Hello"
+        role = {"continue": "prompt" if "prompt" in columns else "text", "source": "source",
+                "classify": "text"}[feed]
+        text = str(rows[0][columns.get(role, columns.get("text", "text"))])
+    except (KeyError, IndexError, TypeError, AttributeError):  # a mixed or empty test split: any first string
+        text = next((str(v) for v in (rows[0].values() if rows is not None and len(rows) else [])
+                     if isinstance(v, str)), "Hello")
+    return text if feed not in ("continue", "source") or "prompt" in columns else " ".join(text.split()[:8])
 
 
 def _generate_kwargs(recipe: Recipe) -> str:

@@ -73,3 +73,9 @@ def test_a_corrupted_export_is_refused(trained, tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "logits differ from the run's by up to" in err and "test example" in err and "refused" in err
     assert not out.exists()
+
+
+def test_bf16_export_is_bf16_and_passes_its_tolerance(trained, tmp_path):
+    check = export.export_model(trained / "gpt-lora", tmp_path / "bf16", merge=True, dtype="bf16")
+    assert {t.dtype for t in load_file(tmp_path / "bf16" / "model.safetensors").values()} == {torch.bfloat16}
+    assert 0 < check.max_abs_diff <= export.TOLERANCE[torch.bfloat16] * max(1.0, check.max_abs_logit)
