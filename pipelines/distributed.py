@@ -241,7 +241,14 @@ def trainable_only_checkpoints(accelerator: Accelerator, model: torch.nn.Module)
 
     def keep_trainable(models: list, weights: list, output_dir: str) -> None:
         for i, state in enumerate(weights):  # buffers stay (small, and some may change in training)
-            weights[i] = {k: v for k, v in state.items() if k not in frozen}
+            kept, storages = {}, set()
+            for key, value in state.items():
+                # Tied tensors (e.g. trained token rows shared by the input and output embeddings) once:
+                # safetensors refuses shared memory, and loading one name fills every tied name.
+                if key not in frozen and (value.numel() == 0 or _where(value) not in storages):
+                    storages.add(_where(value))
+                    kept[key] = value
+            weights[i] = kept
 
     def load_trainable(models: list, input_dir: str) -> None:
         from safetensors.torch import load_file
@@ -265,7 +272,12 @@ def trainable_only_checkpoints(accelerator: Accelerator, model: torch.nn.Module)
 
 def shared_names(module: torch.nn.Module) -> set[str]:
     """Parameter names whose tensor has another name too (tied weights: a safetensors file holds one of them)."""
-    names: dict[int, list[str]] = {}
+    names: dict[tuple, list[str]] = {}
     for name, p in module.named_parameters(remove_duplicate=False):
-        names.setdefault(id(p), []).append(name)
+        names.setdefault(_where(p), []).append(name)
     return {name for group in names.values() if len(group) > 1 for name in group}
+
+
+def _where(tensor: torch.Tensor) -> tuple:
+    """Where a tensor's values live: two names with the same place are one (tied) tensor."""
+    return tensor.data_ptr(), tuple(tensor.shape), tensor.dtype

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 from conftest import tiny_lora_raw
+from demo_fixtures import _chat_raw, write_chat_corpus
 from safetensors.torch import load_file
 
 from pipelines import loop
@@ -31,5 +32,21 @@ def test_lora_checkpoint_is_the_adapter_and_resumes_exactly(corpus, pretrained, 
     a = load_file(tmp_path / "full" / "model" / "adapter_model.safetensors")
     b = load_file(tmp_path / "resumed" / "model" / "adapter_model.safetensors")
     assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_chat_lora_with_trained_token_rows_resumes_exactly(pretrained, tmp_path):
+    """The chat markers' embedding rows train tied to the output layer: saved once, restored to both."""
+    raw = _chat_raw(write_chat_corpus(tmp_path / "chat.jsonl"), tmp_path, pretrained)
+    raw["train"] |= {"max_steps": 6, "save_every": 0}
+    raw["eval"]["generate"] = False
+    loop.train(build_recipe({**raw, "output": {"dir": str(tmp_path), "name": "full"}}), tmp_path / "full")
+    name = {"output": {"dir": str(tmp_path), "name": "resumed"}}
+    loop.train(build_recipe({**raw, **name}, ["train.stop_after_steps=3"]), tmp_path / "resumed")
+    loop.train(build_recipe({**raw, **name}, ["train.resume=auto"]), tmp_path / "resumed")
+    a = load_file(tmp_path / "full" / "model" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "resumed" / "model" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and any("trainable_tokens" in k for k in a)
     for key in a:
         assert torch.equal(a[key], b[key]), key
