@@ -63,3 +63,12 @@ def test_bad_input_exits_2(run, monkeypatch, capsys):
     assert "not a Hub repo id" in capsys.readouterr().err
     assert cli.main(["push", str(run / "missing"), "me/r"]) == 2
     assert "has no model/" in capsys.readouterr().err
+
+
+def test_recipe_push_to_hub_takes_a_repo_id():
+    from pipelines.recipe import build_recipe
+
+    raw = {"task": "causal_lm", "model": {"base": "gpt2"}, "data": {"source": "x.jsonl", "columns": {"text": "t"}}}
+    assert build_recipe({**raw, "output": {"push_to_hub": "me/r"}}).output.push_to_hub == "me/r"
+    with pytest.raises(TuneforgeError, match="output.push_to_hub: 'r' is not a Hub repo id"):
+        build_recipe({**raw, "output": {"push_to_hub": "r"}})
