@@ -46,21 +46,20 @@ def runs(tmp_path_factory, corpus, pretrained) -> Path:
     from pipelines.recipe import build_recipe
 
     trained = trained_runs(tmp_path_factory, corpus, pretrained)
-    data = tmp_path_factory.mktemp("card-data")
-    raw = _classifier_raw(write_label_corpus(data / "labels.jsonl"), trained)
+    own = tmp_path_factory.mktemp("card-runs")  # not in `trained`: the demo tests list every run there
+    raw = _classifier_raw(write_label_corpus(own / "labels.jsonl"), own)
     raw.pop("lora")
     raw["output"]["name"] = "cls-full"
-    if not (trained / "cls-full" / "metrics.json").is_file():
-        loop.train(build_recipe(raw), trained / "cls-full", overwrite=True)
-    raw = tiny_lora_raw(corpus, trained, pretrained, "gpt-lora-generate", max_steps=10)
+    loop.train(build_recipe(raw), own / "cls-full")
+    raw = tiny_lora_raw(corpus, own, pretrained, "gpt-lora-generate", max_steps=10)
     raw["eval"] |= {"metrics": ["rouge"], "generation": {"max_new_tokens": 8}}  # generations to compare
     raw["data"] |= {"validation_limit": 8, "test_limit": 8}
-    if not (trained / "gpt-lora-generate" / "metrics.json").is_file():
-        loop.train(build_recipe(raw), trained / "gpt-lora-generate", overwrite=True)
+    loop.train(build_recipe(raw), own / "gpt-lora-generate")
     moved = tmp_path_factory.mktemp("moved") / "elsewhere"
     moved.mkdir()
     for name in CARD_RUNS:
-        shutil.copytree(trained / name, moved / name, ignore=shutil.ignore_patterns("checkpoints"))
+        source = own / name if (own / name).is_dir() else trained / name
+        shutil.copytree(source, moved / name, ignore=shutil.ignore_patterns("checkpoints"))
     return moved
 
 
