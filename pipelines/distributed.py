@@ -255,7 +255,7 @@ def trainable_only_checkpoints(accelerator: Accelerator, model: torch.nn.Module)
 
         for i, module in enumerate(models):
             path = Path(input_dir) / f"model{'' if i == 0 else f'_{i}'}.safetensors"
-            result = module.load_state_dict(load_file(path, device=str(accelerator.device)), strict=False)
+            result = module.load_state_dict(load_file(path), strict=False)  # copied onto each parameter's device
             shared = {name for name in result.missing_keys if name not in frozen}
             if result.unexpected_keys or shared - shared_names(module):
                 raise TuneforgeError(
