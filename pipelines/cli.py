@@ -117,6 +117,20 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--format", choices=["markdown", "csv", "html"], default="markdown", help="table format")
     c.add_argument("--out", help="write the table here instead of stdout")
 
+    x = sub.add_parser("export", help="a standalone model folder (merged LoRA), verified against the run")
+    x.add_argument("run", help="a finished run folder")
+    x.add_argument("--out", required=True, help="the folder to write (must not exist, or be empty)")
+    x.add_argument("--merge", action="store_true", help="merge a LoRA adapter into its base (needed for LoRA runs)")
+    x.add_argument("--dtype", choices=["bf16", "fp32"], help="weights dtype (default: the base's)")
+    x.add_argument("--examples", type=_positive_int, default=8, help="test examples whose logits are compared")
+    x.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+
+    u = sub.add_parser("push", help="upload a run's model folder (with its card) to the Hugging Face Hub")
+    u.add_argument("run", help="a finished run folder")
+    u.add_argument("repo", help="the Hub repo id, user/name")
+    u.add_argument("--private", action="store_true", help="create the repo private")
+    u.add_argument("--dry-run", action="store_true", help="list the files that would be sent; send nothing")
+
     d = sub.add_parser("demo", help="the Gradio app serving every run")
     d.add_argument("runs_dir", nargs="?", default="runs", help="the folder of runs to serve")
     d.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 exposes it)")
@@ -142,12 +156,13 @@ def _positive_int(text: str) -> int:
 
 def cmd_train(args) -> int:
     from pipelines import loop
+    from pipelines.card import launch_line
     from pipelines.recipe import load_recipe
     from pipelines.tasks import get_task
 
     recipe = load_recipe(args.recipe, args.overrides)
     run_dir = Path(recipe.output.dir) / recipe.run_name(args.recipe)
-    launch = "tuneforge train " + shlex.join([args.recipe, *args.overrides])
+    launch = launch_line("tuneforge train " + shlex.join([args.recipe, *args.overrides]))
     metrics = loop.train(recipe, run_dir, overwrite=args.overwrite, launch=launch)
     if metrics.get("status") == "finished" and is_main_process():
         primary = metrics["primary_metric"]
@@ -207,6 +222,27 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from pipelines.export import export_model
+
+    check = export_model(args.run, args.out, merge=args.merge, dtype=args.dtype, examples=args.examples,
+                         overwrite=args.overwrite)
+    print(f"{args.out}: verified; logits of {check.examples} test examples within {check.max_abs_diff:.3g} "
+          f"(largest |logit| {check.max_abs_logit:.3g}); test {check.metric} {check.export_score:.6g} "
+          f"(run {check.run_score:.6g})")
+    return 0
+
+
+def cmd_push(args) -> int:
+    from pipelines.push import files_to_push, push_run
+
+    if args.dry_run:
+        print("\n".join(files_to_push(args.run)))
+        return 0
+    print(push_run(args.run, args.repo, private=args.private))
+    return 0
+
+
 def cmd_demo(args) -> int:
     from demo.app import launch
 
@@ -239,7 +275,8 @@ def cmd_data(args) -> int:
 
 
 COMMANDS = {"train": cmd_train, "validate": cmd_validate, "eval": cmd_eval, "sweep": cmd_sweep,
-            "compare": cmd_compare, "demo": cmd_demo, "data": cmd_data, "baseline": cmd_baseline}
+            "compare": cmd_compare, "demo": cmd_demo, "data": cmd_data, "export": cmd_export, "push": cmd_push,
+            "baseline": cmd_baseline}
 
 
 def main(argv: list[str] | None = None) -> int:

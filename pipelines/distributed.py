@@ -145,9 +145,38 @@ def save_model(accelerator: Accelerator, model: torch.nn.Module, out_dir: str | 
             kwargs["safe_serialization"] = True  # PEFT's option; transformers 5 always writes safetensors
             if getattr(peft_config, "trainable_token_indices", None):
                 kwargs["save_embedding_layers"] = False
+            peft_config.base_model_name_or_path = portable_base(peft_config.base_model_name_or_path)
         unwrapped.save_pretrained(out_dir, state_dict=state_dict, **kwargs)
+        inner = unwrapped.get_base_model() if peft_config is not None else None
+        if inner is not None and inner.can_generate() and inner.generation_config is not None:
+            # A full model's save writes generation_config.json; an adapter's does not, and its card needs one.
+            inner.generation_config.save_pretrained(out_dir)
     accelerator.wait_for_everyone()
     return unwrapped
+
+
+def portable_base(base: str | None) -> str | None:
+    """An adapter's base as a name that resolves from any directory: a local folder by its absolute path (never
+    relative to where training ran, e.g. `runs/gpt-pretrain-tiny/model`), anything else (a Hub id) unchanged.
+
+    The model card records the folder's weight fingerprint beside it (`card.weights_fingerprint`).
+    """
+    if base and Path(base).expanduser().is_dir():
+        return str(Path(base).expanduser().resolve())
+    return base
+
+
+def make_readable(folder: str | Path) -> None:
+    """Give every file under `folder` the mode a plain `open()` would (0666 less the umask, usually 0644).
+
+    Some writers (safetensors' and huggingface_hub's atomic writes through `tempfile.mkstemp`) leave files mode
+    0600, unreadable to the other users of a shared model folder; `save_pretrained` outputs elsewhere are not.
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in Path(folder).rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            path.chmod(0o666 & ~umask)
 
 
 def sharded(accelerator: Accelerator) -> bool:
@@ -186,3 +215,69 @@ def generation_context(accelerator: Accelerator, model: torch.nn.Module) -> Iter
             yield True
         return
     yield True
+
+
+def trainable_only_checkpoints(accelerator: Accelerator, model: torch.nn.Module) -> bool:
+    """Make `accelerator.save_state` keep only the parameters that train when some are frozen (LoRA, head-only).
+
+    A LoRA checkpoint then holds the adapter (and `modules_to_save` heads, trained token rows), not the frozen
+    base: a resumed run rebuilds the base from `model.base` exactly as the fresh run did (`build` is
+    deterministic) and loads only the trained part. Optimizer, scheduler, RNG and sampler states are saved as
+    before. Accelerate's model-state hooks are the documented place for this ("Saving and loading states",
+    `register_save_state_pre_hook`); FSDP and DeepSpeed save their own sharded states and are left alone.
+
+    Args:
+        accelerator: the run's Accelerator.
+        model: the prepared model (its `requires_grad` flags are final).
+
+    Returns:
+        True when the hooks were registered (some parameter is frozen and the model is not sharded).
+    """
+    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        return False
+    frozen = {name for name, p in model.named_parameters(remove_duplicate=False) if not p.requires_grad}
+    if not frozen:
+        return False
+
+    def keep_trainable(models: list, weights: list, output_dir: str) -> None:
+        for i, state in enumerate(weights):  # buffers stay (small, and some may change in training)
+            kept, storages = {}, set()
+            for key, value in state.items():
+                # Tied tensors (e.g. trained token rows shared by the input and output embeddings) once:
+                # safetensors refuses shared memory, and loading one name fills every tied name.
+                if key not in frozen and (value.numel() == 0 or _where(value) not in storages):
+                    storages.add(_where(value))
+                    kept[key] = value
+            weights[i] = kept
+
+    def load_trainable(models: list, input_dir: str) -> None:
+        from safetensors.torch import load_file
+
+        for i, module in enumerate(models):
+            path = Path(input_dir) / f"model{'' if i == 0 else f'_{i}'}.safetensors"
+            result = module.load_state_dict(load_file(path), strict=False)  # copied onto each parameter's device
+            shared = {name for name in result.missing_keys if name not in frozen}
+            if result.unexpected_keys or shared - shared_names(module):
+                raise TuneforgeError(
+                    f"train.resume: {path} does not match the model (unexpected {result.unexpected_keys[:3]}, "
+                    f"missing trained {sorted(shared)[:3]}); resume with the recipe that wrote it, or --overwrite"
+                )
+        models.clear()  # loaded here; Accelerate's own (strict) load would ask for the frozen base too
+
+    accelerator.register_save_state_pre_hook(keep_trainable)
+    accelerator.register_load_state_pre_hook(load_trainable)
+    return True
+
+
+
+def shared_names(module: torch.nn.Module) -> set[str]:
+    """Parameter names whose tensor has another name too (tied weights: a safetensors file holds one of them)."""
+    names: dict[tuple, list[str]] = {}
+    for name, p in module.named_parameters(remove_duplicate=False):
+        names.setdefault(_where(p), []).append(name)
+    return {name for group in names.values() if len(group) > 1 for name in group}
+
+
+def _where(tensor: torch.Tensor) -> tuple:
+    """Where a tensor's values live: two names with the same place are one (tied) tensor."""
+    return tensor.data_ptr(), tuple(tensor.shape), tensor.dtype

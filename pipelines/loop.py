@@ -20,7 +20,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
-from pipelines import checkpoints, distributed, failures, flops, modeling, runs, selection, trackers
+from pipelines import card, checkpoints, distributed, failures, flops, modeling, push, runs, selection, trackers
 from pipelines.batching import StepBatches, accumulation_steps, pad_multiple
 from pipelines.build import Prepared, build
 from pipelines.errors import TuneforgeError
@@ -184,6 +184,7 @@ def fit(prep: Prepared, recipe: Recipe, run_dir: Path, accelerator: Accelerator,
     scheduler = make_scheduler(optimizer, recipe)
     model, optimizer = accelerator.prepare(prep.model, optimizer)
     accelerator.register_for_checkpointing(scheduler)
+    distributed.trainable_only_checkpoints(accelerator, model)  # LoRA: the adapter, not the frozen base
     keeper = selection.Keeper.for_run(recipe, accelerator)
     if keeper is not None:  # the best weights and the patience count go into every checkpoint
         accelerator.register_for_checkpointing(keeper)
@@ -374,6 +375,7 @@ def finish(prep: Prepared, recipe: Recipe, run_dir: Path, accelerator: Accelerat
             prep.tokenizer.save_pretrained(model_dir)
             if prep.task.on_save is not None:
                 prep.task.on_save(model_dir, unwrapped, prep.tokenizer, recipe)
+            distributed.make_readable(model_dir)
     val = validation_loss(prep, recipe, accelerator, fitted.model)
     result = score(prep, recipe, accelerator, fitted.model)
     record = RunRecord(
@@ -393,6 +395,9 @@ def finish(prep: Prepared, recipe: Recipe, run_dir: Path, accelerator: Accelerat
     metrics = record.as_dict()
     accelerator.log(trackers.final_values(val, result.scores, fitted.base_scores), step=recipe.train.max_steps)
     if accelerator.is_main_process:
-        write_result(run_dir, record, result, runs.model_card(recipe, metrics, launch, prep.task.head_in_config))
+        card.write_card(run_dir, recipe, prep.task, metrics, launch, result.predictions, prep.data["test"])
+        write_result(run_dir, record, result, card.run_readme(metrics))
     accelerator.wait_for_everyone()
+    if accelerator.is_main_process and recipe.output.push_to_hub:
+        push.push_finished(run_dir, recipe.output.push_to_hub)
     return metrics

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -244,6 +245,8 @@ class ChatConfig(_Section):
 class OutputConfig(_Section):
     dir: str = "runs"
     name: str | None = Field(None, description="run folder name; default: the recipe file's stem")
+    push_to_hub: str | None = Field(None, description="Hub repo id (user/name) to upload model/ to when the run "
+                                    "finishes (`tuneforge push`)")
 
     @field_validator("name")
     @classmethod
@@ -252,6 +255,14 @@ class OutputConfig(_Section):
         if name is not None and (not name.strip() or name in (".", "..") or "/" in name or "\\" in name):
             raise ValueError("must be one folder name (no '/', not '.' or '..'); put the parent folder in output.dir")
         return name
+
+    @field_validator("push_to_hub")
+    @classmethod
+    def _repo_id(cls, repo: str | None) -> str | None:
+        # The Hub's repo id form (huggingface_hub.utils.validate_repo_id): owner/name of letters, digits, -_.
+        if repo is not None and not re.fullmatch(r"[\w.-]{1,96}/[\w.-]{1,96}", repo):
+            raise ValueError(f"{repo!r} is not a Hub repo id; give user/name or org/name")
+        return repo
 
 
 class Recipe(_Section):

@@ -70,6 +70,9 @@ def main(out: Path) -> int:
             unwrapped.save_pretrained(out / "old" / name, safe_serialization=True)
             if name == "lora-chat-tokens":
                 unwrapped.save_pretrained(out / "old" / name, safe_serialization=True, save_embedding_layers=False)
+            if hasattr(unwrapped, "peft_config") and unwrapped.get_base_model().can_generate():
+                # save_model adds what a full model's save_pretrained writes and an adapter's does not
+                unwrapped.get_base_model().generation_config.save_pretrained(out / "old" / name)
         accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         for name in cases():

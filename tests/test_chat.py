@@ -288,7 +288,10 @@ def test_tiny_chat_run_learns_to_answer_and_stops_at_end_of_turn(tmp_path):
     saved = json.loads((run_dir / "model" / "generation_config.json").read_text())
     _, _, model, tokenizer = run_model.load_run_model(run_dir)
     im_end = tokenizer.convert_tokens_to_ids(IM_END)
-    assert saved["eos_token_id"] == [im_end, tokenizer.eos_token_id]
+    # the saved tokenizer's EOS is the end of the turn (plain generate() and pipelines stop there); the base's EOS
+    # stays a stop token in the generation config
+    assert tokenizer.eos_token == IM_END
+    assert saved["eos_token_id"] == [im_end, tokenizer.convert_tokens_to_ids("<|endoftext|>")]
     assert tokenizer.apply_chat_template(CONVERSATION[1:2], tokenize=False) == (
         "<|endoftext|><|im_start|>user\nWhat does ls do?<|im_end|>\n")
     from safetensors.torch import load_file

@@ -348,14 +348,24 @@ def score(ctx: ScoreContext) -> Scored:
 
 
 def on_save(model_dir, model, tokenizer, recipe: Recipe) -> None:
-    """Stop at the end-of-turn token in the saved generation config.
+    """Stop at the end-of-turn token everywhere: in the saved generation config and as the saved tokenizer's EOS.
 
-    The adapter itself is saved by `distributed.save_model`, without copies of the embedding matrices when the
-    added marker rows train through `trainable_token_indices`.
+    PEFT's loaders do not read an adapter folder's generation_config.json, and pipelines and servers stop at the
+    tokenizer's EOS, so the saved tokenizer names the end-of-turn token (ChatML `<|im_end|>`) as its EOS. The
+    in-memory tokenizer is left as it is (scoring runs after saving). The adapter itself is saved by
+    `distributed.save_model`, without copies of the embedding matrices when the added marker rows train through
+    `trainable_token_indices`.
     """
+    from transformers import AutoTokenizer
+
     set_stop_tokens(model, tokenizer)
     inner = inner_model(model)
     inner.generation_config.save_pretrained(model_dir)
+    end = end_of_turn_id(tokenizer)
+    if end is not None and end != tokenizer.eos_token_id:
+        saved = AutoTokenizer.from_pretrained(model_dir)
+        saved.eos_token = tokenizer.convert_ids_to_tokens(end)
+        saved.save_pretrained(model_dir)
 
 
 TASK = Task(
