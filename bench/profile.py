@@ -69,9 +69,10 @@ def run_variant(name: str, work: Path, steps: int, batch: int | None = None) -> 
     from bench.families import FAMILIES, tuneforge_recipe
     from pipelines import flops
     from pipelines.batching import StepBatches
-    from pipelines.build import build, make_optimizer
+    from pipelines.build import build
     from pipelines.loop import accumulate_gradients
     from pipelines.meter import Meter
+    from pipelines.optim import make_optimizer
     from pipelines.runtime import keep_freed_memory_mapped
 
     family = FAMILIES["chat"]
