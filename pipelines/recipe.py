@@ -334,15 +334,13 @@ class Recipe(_Section):
             spec["data"][key] = values[field] if field in values else sections[section].model_fields[field].default
         for section in sections:
             spec.pop(section, None)
-        for key in SELECTION_KEYS:  # unset, they hash as before they existed (earlier runs keep their hash)
-            if spec["train"].get(key) is None:
-                spec["train"].pop(key, None)
-        # The PEFT-method keys hash only when set away from their defaults, so a plain LoRA run recorded before they
-        # existed keeps its recipe hash.
-        lora = spec.get("lora") or {}
-        for key in LoraConfig.HASHED_WHEN_SET:
-            if key in lora and lora[key] == LoraConfig.model_fields[key].default:
-                del lora[key]
+        # Keys added after runs were recorded hash only when set away from their defaults: those runs keep their hash.
+        for section, config, keys in (("train", TrainConfig, SELECTION_KEYS),
+                                      ("lora", LoraConfig, LoraConfig.HASHED_WHEN_SET)):
+            values = spec.get(section) or {}
+            for key in keys:
+                if key in values and values[key] == config.model_fields[key].default:
+                    del values[key]
         blob = json.dumps(spec, sort_keys=True).encode()
         return "sha256:" + hashlib.sha256(blob).hexdigest()[:16]
 
