@@ -25,8 +25,8 @@ class StepBatches:
     lengths (little padding), as transformers' `LengthGroupedSampler` does with the same 50; the steps are then
     shuffled (lengths do not trend through the epoch) and the one holding the longest example is moved to the
     front (an out-of-memory batch fails at the first step, not mid-run; LengthGroupedSampler does the same).
-    Equal lengths are ordered by `tiebreak` when given (seq2seq: source + target tokens, so pairs whose longer side
-    is as long but whose shorter side differs do not share a batch; measured effect in docs/measurements.md).
+    Equal lengths are ordered by `tiebreak` when given (seq2seq: which side is the longer, then the shorter side's
+    length, so pairs whose longer side is as long but pad differently do not share a batch; docs/measurements.md).
     The epoch's micro-batches form one global list; optimizer step s uses the next `accumulation * world_size` of
     them and process r takes every world_size-th one. The global batch of a step is therefore the same whether it
     runs as 2 processes x 1 micro-batch or 1 process x 2 micro-batches, and a resumed run continues at exactly

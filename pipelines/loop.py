@@ -192,7 +192,7 @@ def fit(prep: Prepared, recipe: Recipe, run_dir: Path, accelerator: Accelerator,
     batches = StepBatches(
         features["length"], cfg.micro_batch_size, accumulation_steps(cfg, accelerator.num_processes),
         accelerator.num_processes, accelerator.process_index, cfg.seed, cfg.group_by_length,
-        features["total_length"] if "total_length" in features.column_names else None,
+        features["length_tiebreak"] if "length_tiebreak" in features.column_names else None,
     )
     start_step, base_scores, restored = resume_or_score_base(prep, recipe, run_dir, accelerator, model, mode)
     trackers.start(accelerator, recipe, run_dir, start_step)

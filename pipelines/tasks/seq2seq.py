@@ -159,9 +159,24 @@ def tokenize_pairs(tokenizer, sources: list[str], targets: list[str], max_length
     return input_ids, labels, len(long_src), len(long_tgt)
 
 
+def length_tiebreak(source_tokens: int, target_tokens: int) -> int:
+    """The order of pairs whose longer side is equally long: source-longer pairs first, then by the shorter side.
+
+    Args:
+        source_tokens, target_tokens: the pair's token counts (each < 2**20).
+
+    Returns:
+        `side * 2**20 + shorter`, side 1 when the source is at least as long as the target: one integer that sorts
+        like the tuple (side, shorter).
+    """
+    return (source_tokens >= target_tokens) * 2**20 + min(source_tokens, target_tokens)
+
+
 def tokenize(rows: datasets.Dataset, tokenizer, recipe: Recipe, split: str) -> datasets.Dataset:
     """Rows -> `input_ids` (source), `labels` (target, unshifted), `length` (the longer of the two) and
-    `total_length` (their sum): length-grouped batching sorts by the first and breaks ties by the second."""
+    `length_tiebreak`: length-grouped batching sorts by `length` and breaks its ties by which side is the longer
+    one, then by the shorter side's length (one integer, `side * 2**20 + shorter`), so a batch holds pairs that pad
+    alike on both sides."""
     data = recipe.data
     src, tgt = column(recipe, "source"), column(recipe, "target")
     input_ids, labels, cut_src, cut_tgt = tokenize_pairs(
@@ -173,10 +188,13 @@ def tokenize(rows: datasets.Dataset, tokenizer, recipe: Recipe, split: str) -> d
             split, cut_src, len(rows), data.max_length, cut_tgt, settings(recipe).target_max_length,
         )
     # `length` orders length-grouped batches: the longer side decides how much a pair pads (source or target).
-    lengths = [max(len(s), len(t)) for s, t in zip(input_ids, labels, strict=True)]
-    totals = [len(s) + len(t) for s, t in zip(input_ids, labels, strict=True)]
+    pairs = [(len(s), len(t)) for s, t in zip(input_ids, labels, strict=True)]
+    lengths = [max(pair) for pair in pairs]
+    # Measured on the benchmark's 1280 gettext pairs (6 data orders): padding 9.9% with ties broken by
+    # source + target tokens, 8.8% with (longer side, shorter length); docs/measurements.md.
+    tiebreak = [length_tiebreak(s, t) for s, t in pairs]
     return datasets.Dataset.from_dict({"input_ids": input_ids, "labels": labels, "length": lengths,
-                                       "total_length": totals})
+                                       "length_tiebreak": tiebreak})
 
 
 def pad_batch(sources: list[list[int]], targets: list[list[int]], pad_id: int, pad_to_multiple_of: int = PAD_MULTIPLE
