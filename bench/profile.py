@@ -11,7 +11,9 @@ warm-up step and then `--steps` timed steps:
   is recorded with `torch.profiler` and the operators with the most self CPU time make the table;
 * fp32 with eager attention (`model.attn_implementation: eager`): SDPA vs eager measured, not assumed;
 * bf16 autocast (`ACCELERATE_MIXED_PRECISION=bf16`), profiled too;
-* fp32 with the plain loss (all [B, T, vocab] logits at once): the peak-memory cost the chunked loss removes.
+* fp32 with the plain loss (all [B, T, vocab] logits at once): the peak-memory cost the chunked loss removes;
+* fp32 with LoRA dropout 0.05 (the recipe and the family train with 0, PEFT's default): what the dropout masks
+  cost (torch draws CPU random numbers on one thread, one fresh mask per adapted layer's input).
 
 A variant reports seconds per step (median of the timed steps), non-padding tokens per step and the process's
 peak resident memory (ru_maxrss).
@@ -35,6 +37,7 @@ VARIANTS = {
     "fp32_eager": {"attn_implementation": "eager"},
     "bf16": {"precision": "bf16", "profile": True},
     "fp32_plain_loss": {"plain_loss": True},
+    "fp32_lora_dropout": {"lora_dropout": 0.05},
 }
 TOP = 12  # operators in the table
 
@@ -81,6 +84,8 @@ def run_variant(name: str, work: Path, steps: int, batch: int | None = None) -> 
     if "attn_implementation" in spec:
         recipe = recipe.model_copy(update={"model": recipe.model.model_copy(
             update={"attn_implementation": spec["attn_implementation"]})})
+    if "lora_dropout" in spec:
+        recipe = recipe.model_copy(update={"lora": recipe.lora.model_copy(update={"dropout": spec["lora_dropout"]})})
     accelerator = Accelerator(cpu=True)
     run_dir = work / "runs" / f"profile-{name}"
     run_dir.mkdir(parents=True, exist_ok=True)

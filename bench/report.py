@@ -245,13 +245,15 @@ clipping at 1.0, seed 0, fp32, one process using both cores):
 - **classification**: LoRA (r=16, alpha=32, dropout 0.05 on every linear layer, head trained in full; as in
   `recipes/classifier/minilm-lora-sections.yaml`) on the pretrained MiniLM-L6, Debian package name + synopsis ->
   archive section (20 most frequent, the rest as "other"), up to 64 tokens, one epoch over steps x batch rows.
-- **chat**: LoRA (r=16, alpha=32, dropout 0.05, every linear layer but the head) chat SFT of the real
-  SmolLM2-135M-Instruct (dequantized Q4_1, `builtin:smollm2-135m-instruct`) on the built-in man-page conversations
+- **chat**: LoRA (r=16, alpha=32, no dropout as in the recipe and PEFT's default, every linear layer but the
+  head) chat SFT of the real SmolLM2-135M-Instruct (dequantized Q4_1, `builtin:smollm2-135m-instruct`) on the
+  built-in man-page conversations
   (`recipes/gpt/smollm2-chat-lora-manpages.yaml`: a 2000-conversation sample, the system prompt "You explain Unix
   manual pages.", loss on assistant turns and their `<|im_end|>` only), 256-token sequences, 8 per step (tuneforge
   and TRL: 8 packed windows; the Trainer rows: the number of whole conversations that holds as many tokens on
-  average), learning rate 0.001, 6 steps. A step is ~8 s on a quiet machine and does the same work every time
-  (full packed windows), so 6 steps x 2 interleaved repeats give a stable rate in ~15 minutes for the family; the
+  average), learning rate 0.001, 4 steps. A step is ~6 s on a quiet machine and does the same work every time
+  (full packed windows), so 4 steps x 2 interleaved repeats give a stable rate (the min-max column shows the
+  spread) in ~15 minutes for the family (6 steps took the whole benchmark to 32.9 minutes); the
   held-out loss is scored on 64 validation conversations.
 
 Configurations:
