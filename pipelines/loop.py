@@ -215,7 +215,10 @@ def fit(prep: Prepared, recipe: Recipe, run_dir: Path, accelerator: Accelerator,
                 break  # resumed from the checkpoint written when early stopping ended the run
             t0 = time.perf_counter()
             micro = [collate([features[i] for i in b]) for b in batches.for_step(step)]
-            accumulate_gradients(prep.task, model, accelerator, micro, meter, spec, log_sums)
+            # Global micro-batch k = i x processes + rank (StepBatches): its dropout masks do not depend on the launch.
+            seeds = [micro_seed(cfg.seed, step, i * accelerator.num_processes + accelerator.process_index)
+                     for i in range(len(micro))]
+            accumulate_gradients(prep.task, model, accelerator, micro, meter, spec, log_sums, seeds)
             done = step + 1
             logs = done % cfg.log_every == 0 or done == stop_at
             # The norm before clipping, as Trainer logs it; without clipping it is measured on log steps only (a
@@ -248,8 +251,31 @@ def fit(prep: Prepared, recipe: Recipe, run_dir: Path, accelerator: Accelerator,
     return Fitted(model, meter, start_step, last_loss, base_scores, stopped, keeper, done)
 
 
+def micro_seed(seed: int, step: int, k: int) -> int:
+    """The random seed of global micro-batch `k` of optimizer step `step` (its dropout masks)."""
+    return (seed * 1_000_003 + step) * 65_537 + k
+
+
+@contextlib.contextmanager
+def seeded_rng(seed: int | None, device: torch.device) -> Iterator[None]:
+    """Draw random numbers (dropout masks) from `seed` inside, then restore the caller's generators.
+
+    Seeding each micro-batch by its place in the global batch makes dropout the same whether a step runs as one
+    process accumulating N micro-batches or N processes with one each (each process's own stream would differ).
+    """
+    if seed is None:
+        yield
+        return
+    cuda = device.type == "cuda"
+    with torch.random.fork_rng(devices=[device] if cuda else []):
+        torch.default_generator.manual_seed(seed)
+        if cuda:
+            torch.cuda.manual_seed(seed)
+        yield
+
+
 def accumulate_gradients(task, model, accelerator: Accelerator, micro: list[dict], meter: Meter, spec,
-                         log_sums: torch.Tensor) -> None:
+                         log_sums: torch.Tensor, seeds: list[int] | None = None) -> None:
     """Forward and backward over one optimizer step's micro-batches, with the token-weighted loss (see `fit`).
 
     Args:
@@ -260,6 +286,7 @@ def accumulate_gradients(task, model, accelerator: Accelerator, micro: list[dict
         meter: counts every micro-batch.
         spec: the model's `flops.FlopSpec`.
         log_sums: [2] float64 on the device: summed loss (nats) and targets since the last log line; added to.
+        seeds: one random seed per micro-batch (`micro_seed`), or None: the process's own random stream.
     """
     device = accelerator.device
     local_targets = sum(int(task.num_targets(b)) for b in micro)
@@ -269,7 +296,8 @@ def accumulate_gradients(task, model, accelerator: Accelerator, micro: list[dict
     for i, batch in enumerate(micro):
         meter.count(batch, spec)  # on the host copy, so no step waits on the device for a number
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        with accelerator.no_sync(model) if i < len(micro) - 1 else contextlib.nullcontext():
+        sync = accelerator.no_sync(model) if i < len(micro) - 1 else contextlib.nullcontext()
+        with sync, seeded_rng(None if seeds is None else seeds[i], device):
             nll, _ = task.loss(model, batch)
             total = nll.sum()
             accelerator.backward(total * accelerator.num_processes / global_targets)

@@ -78,3 +78,23 @@ def test_lora_with_gradient_checkpointing_trains_under_ddp(pretrained, corpus, t
     metrics = json.loads((tmp_path / "gc/metrics.json").read_text())
     assert metrics["train"]["processes"] == 2
     assert metrics["scores"]["perplexity"] < metrics["base_scores"]["perplexity"]
+
+
+def test_dropout_two_processes_equal_one(pretrained, corpus, tmp_path):
+    """LoRA dropout draws its masks per global micro-batch (`loop.micro_seed`), not from each process's stream:
+    1 process accumulating 2 x 4 and 2 processes x 4 give the same losses, validation scores and best step."""
+    common = {"max_steps": 8, "micro_batch_size": 4, "log_every": 2, "eval_every": 4, "select_best": "perplexity"}
+    one = tiny_lora_raw(corpus, tmp_path, pretrained, "drop1", gradient_accumulation_steps=2, **common)
+    two = tiny_lora_raw(corpus, tmp_path, pretrained, "drop2", **common)
+    for raw in (one, two):
+        raw["lora"]["dropout"] = 0.3
+    loop.train(build_recipe(one), tmp_path / "drop1")
+    torchrun(two, tmp_path)
+    assert_same_run(tmp_path / "drop1", tmp_path / "drop2", rtol=1e-5)
+    evals = [[row for row in read_log(tmp_path / r) if "eval_loss" in row] for r in ("drop1", "drop2")]
+    assert [row["step"] for row in evals[0]] == [4, 8]
+    for a, b in zip(*evals, strict=True):
+        assert b == pytest.approx(a, rel=1e-5)
+    # The masks differ from step to step and between a step's micro-batches.
+    seeds = {loop.micro_seed(0, step, k) for step in range(8) for k in range(2)}
+    assert len(seeds) == 16

@@ -92,24 +92,36 @@ def _study(folder: Path):
     return optuna.load_study(study_name=folder.name, storage=f"sqlite:///{folder / 'optuna.db'}")
 
 
+def _kill_sweep_mid_trial(args: list[str], trial_dir: Path, cwd: Path, timeout: float = 600) -> None:
+    """Run `tuneforge ARGS` in its own process group and SIGKILL the group once `trial_dir` has a complete
+    checkpoint (the trial is mid-way); the trial is left unfinished."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", *args], cwd=cwd, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + timeout
+    try:
+        while not checkpoints.has_complete(trial_dir):
+            assert proc.poll() is None and time.time() < deadline, f"the sweep ended before {trial_dir} checkpointed"
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not runs.is_finished(trial_dir)
+
+
+def _files(*folders: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file under `folders`: its bytes and modification time (ns)."""
+    return {str(f): (f.read_bytes(), f.stat().st_mtime_ns) for d in folders for f in sorted(d.rglob("*"))
+            if f.is_file()}
+
+
 def test_six_trials_killed_mid_trial_resume_without_redoing_finished_ones(tiny_bert, data_file, tmp_path,  # noqa: F811
                                                                           capsys):
     recipe = _recipe_file(tiny_bert, data_file, tmp_path)
     # Grid order is command-line order: trials 0-2 take 4 steps, trials 3-5 take 12 (checkpointed every 2).
     args = ["sweep", str(recipe), "train.max_steps=4,12", "lora.r=2,4,8"]
     folder = tmp_path / "runs" / "cls-sweep"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", *args], cwd=tmp_path, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 600
-    try:
-        while not checkpoints.has_complete(folder / "trial-003"):  # trial 3 is mid-way: kill it
-            assert proc.poll() is None and time.time() < deadline, "the sweep ended before trial 3 checkpointed"
-            time.sleep(0.05)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    assert not runs.is_finished(folder / "trial-003")
+    _kill_sweep_mid_trial(args, folder / "trial-003", tmp_path)
     states = [t.state.name for t in _study(folder).get_trials()]
     assert states[:4] == ["COMPLETE", "COMPLETE", "COMPLETE", "RUNNING"]
     finished = {n: (folder / f"trial-00{n}" / "metrics.json").read_bytes() for n in range(3)}
@@ -192,3 +204,46 @@ def test_a_tpe_search_over_ranges_asks_its_budget_within_the_ranges(tiny_bert, d
     # Asking again with the same budget asks nothing new; the same 5 trials are listed.
     assert cli(args) == 0
     assert len(capsys.readouterr().out.splitlines()) == 5
+
+
+SHIPPED = ROOT / "recipes" / "classifier" / "minilm-peft-methods.yaml"
+
+
+@pytest.mark.slow
+def test_shipped_method_sweep_on_builtin_task_killed_mid_trial_resumes(tmp_path, capsys, monkeypatch):
+    """The shipped method-comparison recipe (builtin:minilm-l6 on debian-packages), cut down: 6 trials (3 PEFT
+    methods x 4 or 12 steps), SIGKILLed in the middle of trial 4, rerun: finished trials untouched, trial 4 resumed
+    from its checkpoint, the winner the lowest validation loss."""
+    methods = "{r: 4, alpha: 8, dropout: 0.0},{method: ia3},{method: oft, block_size: 32}"
+    args = ["sweep", str(SHIPPED), "train.max_steps=4,12", f"lora={methods}", "train.save_every=2",
+            "train.log_every=2", "train.warmup_steps=0", "data.train_limit=64", "data.validation_limit=32",
+            "data.test_limit=32"]
+    folder = tmp_path / "runs" / "minilm-peft-methods-sweep"  # output.dir `runs`, relative to the working dir
+    _kill_sweep_mid_trial(args, folder / "trial-004", tmp_path)
+    assert [t.state.name for t in _study(folder).get_trials()][:5] == ["COMPLETE"] * 4 + ["RUNNING"]
+    finished = [folder / f"trial-00{n}" for n in range(4)]
+    before = _files(*finished)
+
+    monkeypatch.chdir(tmp_path)
+    assert cli(args) == 0
+    captured = capsys.readouterr()
+    out = captured.out + captured.err
+    assert "sweep: resuming interrupted trial 4" in out
+    assert f"resuming trial-004 from {Path('runs') / folder.name / 'trial-004' / 'checkpoints'}" in out
+    assert all(f"sweep: trial {n} (" not in out for n in range(4))  # never started again
+    assert _files(*finished) == before  # every file, byte for byte, not even rewritten
+    metrics = [runs.read_metrics(folder / f"trial-00{n}") for n in range(6)]
+    assert [m["status"] for m in metrics] == ["finished"] * 6
+    assert [m["train"]["steps"] for m in metrics] == [4, 4, 4, 12, 12, 12]
+    assert metrics[4]["train"]["resumed_from_step"] >= 2
+    assert [n for n, m in enumerate(metrics) if m["train"].get("resumed_from_step")] == [4]
+    assert [m["method"] for m in metrics] == ["lora", "ia3", "oft"] * 2
+    assert [t.state.name for t in _study(folder).get_trials()] == ["COMPLETE"] * 6
+
+    # The winner: the lowest validation loss read from the runs; test scores are shown, never used to choose.
+    losses = [m["validation"]["eval_loss"] for m in metrics]
+    best = losses.index(min(losses))
+    summary = (folder / "summary.md").read_text()
+    assert summary.count("(best)") == 1 and f"| **{best}** (best) |" in summary
+    assert f"Winner by validation only (lowest loss): trial {best} (" in summary
+    assert summary.split("\n\n", 1)[1].strip() in captured.out  # the table is printed too
