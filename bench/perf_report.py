@@ -78,6 +78,20 @@ def serving_lines(serving: dict | None) -> list[str]:
         lines.append(f"| {name} | {one['ttft_s']:.2f} | {one['tokens_per_s']:.1f} | {many['ttft_mean_s']:.2f} / "
                      f"{many['ttft_max_s']:.2f} | {many['per_user_tokens_per_s']:.1f} "
                      f"| {many['total_tokens_per_s']:.1f} |")
+    web = serving.get("browser")
+    if web and "error" in web:
+        lines += ["", f"In the browser: failed ({web['error']})."]
+    elif web:
+        one, many = web["one_user"], web["concurrent"]
+        lines += ["", "In the browser (`bench/serve_browser.py`: the demo's Gradio server and its Chat tab in "
+                  "headless Chromium, the same message, greedy, the model as the demo keeps it; times by the page's "
+                  "clock from the click on Send to the first and the last word on screen): 1 user "
+                  f"**{one['ttft_s']:.2f} s** to the first token, **{one['tokens_per_s']:.1f} tokens/s** streamed "
+                  f"(median of {len(one['requests'])}); {many['users']} users clicking Send together: first token "
+                  f"{many['ttft_mean_s']:.2f} s mean / {many['ttft_max_s']:.2f} s max, "
+                  f"{many['per_user_tokens_per_s']:.1f} tokens/s per user while answered (the demo answers one "
+                  f"request per model at a time, so later users queue). Loading the model on the first request "
+                  f"and answering it: {web['load_and_first_answer_s']:.1f} s."]
     return lines + [""]
 
 
@@ -87,4 +101,7 @@ def serving_targets(serving: dict | None) -> list[tuple[str, float | None, float
         return []
     one = serving["dtypes"][serving["fastest"]]["one_user"]
     return [(f"chat serving: time to first token, 1 user, {serving['fastest']} (s)", one["ttft_s"], 1.5, False),
-            (f"chat serving: streamed tokens/s, 1 user, {serving['fastest']}", one["tokens_per_s"], 15.0, True)]
+            (f"chat serving: streamed tokens/s, 1 user, {serving['fastest']}", one["tokens_per_s"], 15.0, True)] + (
+        [("chat serving in the browser: time to first token, 1 user (s)", web["one_user"]["ttft_s"], 1.5, False),
+         ("chat serving in the browser: streamed tokens/s, 1 user", web["one_user"]["tokens_per_s"], 15.0, True)]
+        if (web := serving.get("browser")) and "error" not in web else [])

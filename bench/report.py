@@ -213,8 +213,9 @@ def write_report(result: dict, path: Path) -> None:
         if "speedup" in speed:
             lines += [
                 f"tuneforge's `generate_ids` on {speed['examples']} validation sources with the translation "
-                f"recipe's decoding (beam search, {speed['num_beams']} beams, up to {speed['max_new_tokens']} new "
-                f"tokens, {speed['mean_new_tokens']:.1f} generated on average) using the seq2seq model tuneforge just "
+                f"recipe's decoding (beam search, {speed['num_beams']} beams, {speed['max_new_tokens']} new "
+                f"tokens each, `min_new_tokens` set so that an early end-of-sequence does not shorten the work; "
+                f"{speed['mean_new_tokens']:.1f} generated on average) using the seq2seq model tuneforge just "
                 f"trained: batches of {speed['batch_size']} sorted by length {speed['batched_seconds']:.1f} s, one "
                 f"example at a time {speed['one_at_a_time_seconds']:.1f} s: **{speed['speedup']:.1f}x**; "
                 f"{speed['same_output']:.0%} of the outputs are token-identical between the two.", ""]

@@ -17,7 +17,8 @@ LoRA adapters unmerged, eval mode, KV cache on as the generation config says), t
   the tokens/s as the sum of everyone's tokens over the wall time of all four.
 
 Each dtype the model can be kept in (fp32 as loaded, bf16 via `model.to(torch.bfloat16)`) is measured in the same
-process, so the report can say which one is fastest here.
+process, so the report can say which one is fastest here. Then the same request is timed in the browser, through
+the demo's Gradio server and its Chat tab (`bench.serve_browser`), for 1 and 4 users.
 """
 
 from __future__ import annotations
@@ -125,6 +126,15 @@ def run(run_dir: Path) -> dict:
     # fastest: the lowest median time for a whole single-user answer
     out["fastest"] = min(out["dtypes"], key=lambda d: statistics.median(
         r["total_s"] for r in out["dtypes"][d]["one_user"]["requests"]))
+    del loaded, model  # the demo below loads its own copy, as `tuneforge demo` does
+    try:
+        from bench import serve_browser
+
+        out["browser"] = serve_browser.measure(run_dir, text, tokenizer, NEW_TOKENS, REPEATS, USERS)
+        print(f"[bench] serving in the browser: {out['browser']['one_user']['ttft_s']:.2f} s to first token, "
+              f"{out['browser']['one_user']['tokens_per_s']:.1f} tokens/s", flush=True)
+    except Exception as exc:  # no Chromium / Playwright here: the in-process figures still stand
+        out["browser"] = {"error": f"{type(exc).__name__}: {exc}"}
     return out
 
 

@@ -50,7 +50,7 @@ def chat_tab(h) -> gr.Dropdown:
             temperature, top_p, max_tokens = sampling_controls("chat")
         with gr.Row():
             send = gr.Button("Send", variant="primary", elem_id="chat-send")
-            clear = gr.Button("Clear")
+            clear = gr.Button("Clear", elem_id="chat-clear")
     inputs = [run, message, bot, temperature, top_p, max_tokens]
     send.click(h.chat, inputs, [bot, message], api_name="chat")
     message.submit(h.chat, inputs, [bot, message], api_visibility="private")
