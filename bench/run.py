@@ -86,6 +86,28 @@ def run_stage(module_args: list[str], out: Path, log: Path) -> dict:
     return result
 
 
+def rerun_stage(stage: str, work: Path, report: Path | None, profile_steps: int) -> int:
+    """Rerun the profile or serving stage alone on `work/results.json` (a finished run) and rewrite the report.
+
+    The result records the rerun (`reruns`: stage, date, load average, seconds), which the report states.
+    """
+    result = json.loads((work / "results.json").read_text())
+    load = os.getloadavg()
+    if stage == "profile":
+        result["profile"] = run_stage(["bench.profile", "--work", str(work), "--steps", str(profile_steps)],
+                                      work / "results" / "profile.json", work / "logs" / "profile.log")
+    else:
+        result["serving"] = run_stage(["bench.serve", "--run", str(work / "runs" / "chat-tuneforge-r0")],
+                                      work / "results" / "serving.json", work / "logs" / "serving.log")
+    result.setdefault("reruns", []).append({
+        "stage": stage, "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "load_average_start": load, "seconds": result[stage]["seconds"]})
+    (work / "results.json").write_text(json.dumps(result, indent=1))
+    if report is not None:
+        write_report(result, report)
+    return 0 if "error" not in result[stage] else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="tuneforge vs transformers Trainer / TRL SFTTrainer benchmark")
     parser.add_argument("--families", default=",".join(FAMILIES), help="comma-separated, default: all")
@@ -97,8 +119,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-profile", action="store_true", help="skip the SmolLM2 step profile (bench/profile.py)")
     parser.add_argument("--no-serving", action="store_true", help="skip the chat serving speed (bench/serve.py)")
     parser.add_argument("--profile-steps", type=int, default=2, help="timed steps per profile variant")
+    parser.add_argument("--rerun", choices=("profile", "serving"), default=None,
+                        help="rerun only this stage on the last run's --work results and rewrite --report (the "
+                        "report says which stage was rerun and when)")
     args = parser.parse_args(argv)
     work = args.work.resolve()
+    if args.rerun:
+        return rerun_stage(args.rerun, work, args.report, args.profile_steps)
     families = [scaled(FAMILIES[f], args.scale) for f in args.families.split(",")]
     started = time.perf_counter()
     result = {
