@@ -120,6 +120,23 @@ SETTLED = """([selector, before]) => {
 }"""
 
 
+def serve_runs(runs_dir: Path):
+    """The demo app on `runs_dir`, served on a free local port in the background.
+
+    Returns:
+        (app, url); `app.close()` stops it.
+    """
+    import socket
+
+    from demo.app import build_app, serve
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    app = build_app(runs_dir)
+    return app, serve(app, "127.0.0.1", port)
+
+
 def _open_page(playwright, timeout_ms: int):
     """Debian's headless Chromium (no sandbox as root, no background network) and one 1280x900 page.
 
@@ -139,17 +156,10 @@ def _open_page(playwright, timeout_ms: int):
 def browser_views(runs_dir: Path, runs: list[str], shots: Path) -> dict:
     """Seconds from clicking each Inspect view's button to its result on screen, per run, in headless Chromium."""
     import re
-    import socket
 
     from playwright.sync_api import sync_playwright
 
-    from demo.app import build_app, serve
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    app = build_app(runs_dir)
-    url = serve(app, "127.0.0.1", port)
+    app, url = serve_runs(runs_dir)
     shots.mkdir(parents=True, exist_ok=True)
     out = {}
     try:
@@ -187,19 +197,13 @@ def side_by_side_shot(runs_dir: Path, run: str, question: str, shot: Path) -> di
     """The Side by side tab for `run` in headless Chromium: both answers, the seconds until both are on screen, and
     a screenshot of the page saved as `shot`."""
     import re
-    import socket
 
     from playwright.sync_api import sync_playwright
 
-    from demo.app import build_app, serve
     from pipelines.runs import load_run_recipe
 
     new_tokens = load_run_recipe(runs_dir / run).eval.generation.max_new_tokens
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    app = build_app(runs_dir)
-    url = serve(app, "127.0.0.1", port)
+    app, url = serve_runs(runs_dir)
     shot.parent.mkdir(parents=True, exist_ok=True)
     try:
         with sync_playwright() as p:

@@ -1,6 +1,6 @@
 """Chat serving speed as a user sees it: the demo's Chat tab in headless Chromium, 1 user and 4 users at once.
 
-Called by `bench.serve` after its in-process measurements. The demo app (`demo.app.build_app`, the Gradio server
+Called by `bench.serve` after its fp32 in-process measurement. The demo app (`demo.app.build_app`, the Gradio server
 `tuneforge demo` starts) serves the runs folder on a free local port; each user is its own browser context (its
 own Gradio session) on the Chat tab with the chat run picked, temperature 0 and `max_new_tokens` set, and the
 same user message as the in-process measurement. A MutationObserver in each page records, with the page's clock
@@ -20,7 +20,6 @@ another (a few ms apart) and their figures are reported as mean / max.
 from __future__ import annotations
 
 import re
-import socket
 import statistics
 import time
 from pathlib import Path
@@ -97,14 +96,9 @@ def measure(run_dir: Path, text: str, tokenizer, new_tokens: int, repeats: int, 
     """
     from playwright.sync_api import sync_playwright
 
-    from bench.demo import _open_page
-    from demo.app import build_app, serve
+    from bench.demo import _open_page, serve_runs
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    app = build_app(run_dir.parent)
-    url = serve(app, "127.0.0.1", port)
+    app, url = serve_runs(run_dir.parent)
     try:
         with sync_playwright() as p:
             browser, first_page = _open_page(p, timeout_ms=300_000)
