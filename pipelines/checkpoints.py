@@ -8,15 +8,16 @@ takes the newest one whose manifest matches its files (`latest_complete`) and sa
 Older checkpoints are pruned only after the new one is complete. The final `model/` is written the same way
 (`atomic_dir`), and JSON files through a temporary file and `os.replace` (`write_text_atomic`).
 
-The lock (`RunLock`) keeps two `tuneforge train` out of one run folder: `<output.dir>/.<name>.lock`, created with
-`O_CREAT | O_EXCL` (atomic: of two starts within milliseconds exactly one creates it), holding the owner's PID and
-host; a lock whose process no longer runs on this host is stale (a crash) and is taken over, saying so.
+The lock (`RunLock`) keeps two `tuneforge train` out of one run folder: `flock(2)` on `<output.dir>/.<name>.lock`
+(of two starts within milliseconds exactly one gets it; the kernel drops it when its holder dies, so a crash leaves
+no stale lock), the file holding the owner's PID, host and start time for the refusal message.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
 import os
 import shutil
@@ -286,28 +287,26 @@ def truncate_log(run_dir: Path, rows: int) -> None:
 # The run lock
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by another user
-        return True
-    return True
-
-
 class RunLock:
     """An exclusive lock on one run folder, held from before the folder is checked until the run ends.
 
     The lock file is `<parent>/.<name>.lock`, beside the run folder rather than in it, so that `--overwrite`
     (which deletes the folder) and an error that removes a half-made folder cannot delete the lock, and an empty
-    run folder stays empty.
+    run folder stays empty. The lock itself is `flock(2)` on that file, so the kernel drops it when the holder
+    dies however it dies (SIGKILL, OOM): a file left by a crash is simply taken, and two starts within
+    milliseconds, or two restarts after a crash, cannot both hold it. The file carries the holder's PID, host and
+    start time for the message the loser gets. (`flock` is honoured across hosts on local file systems and NFSv4;
+    on other network file systems two hosts are not kept apart.)
     """
 
     def __init__(self, run_dir: Path):
         self.run_dir = Path(run_dir)
         self.path = self.run_dir.parent / f".{self.run_dir.name}.lock"
-        self.held = False
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
 
     def acquire(self) -> None:
         """Take the lock.
@@ -317,28 +316,35 @@ class RunLock:
             OSError: the lock file cannot be created (e.g. a read-only folder); see `pipelines.oserrors`.
         """
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        host = socket.gethostname()
-        for _ in range(2):
+        while True:
+            fd = os.open(self.path, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o644)
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                owner = self._owner()
-                if owner is None or (owner.get("host") == host and not _alive(int(owner.get("pid", -1)))):
-                    what = "unreadable" if owner is None else f"left by process {owner.get('pid')}, which has exited"
-                    warn(f"removing stale lock {self.path} ({what})")
-                    self.path.unlink(missing_ok=True)
-                    continue
-                since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(owner.get("time", 0)))
-                raise TuneforgeError(
-                    f"output: {str(self.run_dir)!r} is in use by another tuneforge run (PID {owner.get('pid')} on "
-                    f"{owner.get('host')}, since {since}); wait for it to finish, or write elsewhere with "
-                    f"output.name=NEW. If that process is gone, delete {self.path}"
-                ) from None
-            with os.fdopen(fd, "w") as f:
-                json.dump({"pid": os.getpid(), "host": host, "time": time.time()}, f)
-            self.held = True
-            return
-        raise TuneforgeError(f"output: could not take the lock {self.path}; another run took it first. Retry")
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise TuneforgeError(self._in_use()) from None
+            try:  # the previous holder unlinks the file on release: a lock on an unlinked file guards nothing
+                current = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                current = False
+            if current:
+                break
+            os.close(fd)
+        left = self._owner()
+        if left is not None:
+            warn(f"taking over the lock {self.path} left by process {left.get('pid')} on {left.get('host')}, "
+                 f"which has exited")
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "time": time.time()}).encode())
+        self._fd = fd
+
+    def _in_use(self) -> str:
+        owner = self._owner()  # None for the instant between the holder's flock and its write
+        who = "starting now" if owner is None else (
+            f"PID {owner.get('pid')} on {owner.get('host')}, since "
+            f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(owner.get('time', 0)))}")
+        return (f"output: {str(self.run_dir)!r} is in use by another tuneforge run ({who}); wait for it to finish, "
+                f"or write elsewhere with output.name=NEW")
 
     def _owner(self) -> dict | None:
         try:
@@ -348,6 +354,8 @@ class RunLock:
             return None
 
     def release(self) -> None:
-        if self.held:
+        """Remove the lock file and drop the lock (in that order: see `acquire`). Does nothing if not held."""
+        if self._fd is not None:
             self.path.unlink(missing_ok=True)
-            self.held = False
+            os.close(self._fd)
+            self._fd = None

@@ -10,6 +10,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -266,15 +267,45 @@ def test_lock_is_exclusive_and_a_stale_lock_is_taken_over(tmp_path, capsys):
     first.acquire()
     with pytest.raises(TuneforgeError, match=f"in use by another tuneforge run \\(PID {os.getpid()}"):
         checkpoints.RunLock(run).acquire()
+    first.path.write_text("")  # the instant between a holder's flock and its write: still refused, not "stale"
+    with pytest.raises(TuneforgeError, match="in use by another tuneforge run \\(starting now\\)"):
+        checkpoints.RunLock(run).acquire()
     first.release()
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    first.path.write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname(), "time": 0}))
+    assert not first.path.exists()
+    # A holder killed with SIGKILL leaves its file; the kernel dropped its flock, so the next start takes it over.
+    code = (f"import os, signal; from pipelines import checkpoints; checkpoints.RunLock({str(run)!r}).acquire(); "
+            "os.kill(os.getpid(), signal.SIGKILL)")
+    killed = subprocess.run([sys.executable, "-c", code], cwd=ROOT)
+    assert killed.returncode == -signal.SIGKILL and first.path.exists()
     second = checkpoints.RunLock(run)
     second.acquire()
-    assert "removing stale lock" in capsys.readouterr().err
+    assert "taking over the lock" in capsys.readouterr().err
     assert json.loads(first.path.read_text())["pid"] == os.getpid()
     second.release()
     assert not first.path.exists()
+
+
+def test_lock_released_between_open_and_flock_is_not_held_on_the_unlinked_file(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    first = checkpoints.RunLock(run)
+    first.acquire()
+    real_open, calls = os.open, []
+
+    def open_then_holder_releases(*args, **kwargs):  # the holder ends between the second start's open and flock
+        fd = real_open(*args, **kwargs)
+        calls.append(fd)
+        if len(calls) == 1:
+            first.release()
+        return fd
+
+    monkeypatch.setattr(checkpoints.os, "open", open_then_holder_releases)
+    second = checkpoints.RunLock(run)
+    second.acquire()
+    monkeypatch.undo()
+    assert len(calls) == 2 and second.path.exists()  # retried on a new file, not held on the unlinked one
+    with pytest.raises(TuneforgeError, match="in use by another tuneforge run"):
+        checkpoints.RunLock(run).acquire()
+    second.release()
 
 
 # ---------------------------------------------------------------------------------------------------------------
