@@ -15,6 +15,24 @@ def bf16_lines(summary: dict) -> list[str]:
             f"({bf16['matmul_flops_per_s'] / 1e9:.0f} GFLOP/s)."]
 
 
+def ceiling_lines(summary: dict) -> list[str]:
+    """What MFU the family's model shapes allow (`bench.ceiling`), next to the MFU tuneforge reached."""
+    c, tf = summary.get("shape_ceiling"), summary["configs"].get("tuneforge", {}).get("mean")
+    if not c or not tf:
+        return []
+    step_flops = tf["model_flops"] / summary["work"]["steps"]
+    rate = tf["matmul_flops_per_s"]
+    ceiling = step_flops / (c["matmul_seconds"] + c["attention_seconds"]) / rate
+    return ["", f"MFU ceiling of this model's shapes (`bench/ceiling.py`, timed in the tuneforge process): its weight "
+            f"matmuls alone (forward and both gradients, {summary['work']['global_batch']} x "
+            f"{summary['work']['max_length']} tokens) run at {c['matmul_flops_per_s'] / 1e9:.0f} GFLOP/s, "
+            f"**{c['matmul_flops_per_s'] / rate:.0%}** of the large-matmul rate ({rate / 1e9:.0f} GFLOP/s), and "
+            f"{c['layers']} layers of causal attention ({c['heads']} heads of {c['head_dim']}) forward and backward "
+            f"take {c['attention_seconds'] * 1e3:.0f} ms per step: a step whose every other operator took no time "
+            f"would reach **{ceiling:.1%}** MFU; tuneforge's steps reach {tf['mfu']:.1%} "
+            f"({tf['mfu'] / ceiling:.0%} of that ceiling)."]
+
+
 def profile_lines(profile: dict | None) -> list[str]:
     """The profile section: variants (step time, tokens/s, peak RSS) and the top operators of the fp32 step."""
     if not profile:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from bench.families import Family
 from bench.measure import spread
-from bench.perf_report import bf16_lines, profile_lines, serving_lines, serving_targets
+from bench.perf_report import bf16_lines, ceiling_lines, profile_lines, serving_lines, serving_targets
 
 LABELS = {
     "tuneforge": "tuneforge",
@@ -75,7 +75,9 @@ def summarize(family: Family, runs: list[dict]) -> dict:
             "learning_rate": family.learning_rate, "data": family.data,
             "task_section": family.task_section, "lora": family.lora, "base": family.base,
             "one_epoch": family.one_epoch}
-    return {"title": family.title, "work": work, "configs": configs, "ratios": ratios}
+    ceilings = [r["shape_ceiling"] for r in runs if r["config"] == "tuneforge" and "shape_ceiling" in r]
+    return {"title": family.title, "work": work, "configs": configs, "ratios": ratios,
+            **({"shape_ceiling": ceilings[0]} if ceilings else {})}
 
 
 def targets(result: dict) -> list[dict]:
@@ -209,6 +211,7 @@ def write_report(result: dict, path: Path) -> None:
                 "difference (tuneforge - peer): " + ", ".join(
                 f"{LABELS[c]} {r[f'heldout_loss_diff_vs_{c}']:+.3f}" for c in peers) + " nats."]
         lines += bf16_lines(summary)
+        lines += ceiling_lines(summary)
         lines.append("")
     speed = result.get("evalspeed")
     if speed:

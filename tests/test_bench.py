@@ -172,6 +172,28 @@ def test_summary_ratios_and_targets():
     ]
 
 
+def test_shape_ceiling_counts_every_weight_matmul_and_enters_the_report():
+    from transformers import GPT2Config
+
+    from bench import ceiling
+    from bench.perf_report import ceiling_lines
+
+    config = GPT2Config(vocab_size=512, n_positions=32, n_embd=64, n_layer=2, n_head=4)
+    c = ceiling.measure(config, batch=2, seq_len=32)
+    # per layer: qkv 64x192, attention out 64x64, MLP 64x256 and 256x64 (GPT-2's Conv1D); the head 64x512 once
+    per_token = 2 * 64 * (192 + 64 + 256 + 256) + 64 * 512
+    assert c["matmul_flops"] == 6 * 64 * per_token
+    assert (c["layers"], c["heads"], c["head_dim"]) == (2, 4, 16)
+    assert c["matmul_seconds"] > 0 and c["attention_seconds"] > 0
+    family = dataclasses.replace(FAMILIES["causal_lm"], steps=4)
+    runs = [{**_run("tuneforge", 10, 1000, 1000, 2.0), "shape_ceiling": {**c, "matmul_seconds": 0.3,
+                                                                         "attention_seconds": 0.1}}]
+    summary = summarize(family, runs)
+    line = " ".join(ceiling_lines(summary))
+    # 2e9 model FLOPs / 4 steps = 5e8 per step over 0.4 s = 1.25e9 FLOP/s, 125% of the 1e9 matmul rate
+    assert "would reach **125.0%** MFU" in line and "reach 20.0% (16% of that ceiling)" in line
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The loop's speed features
 
