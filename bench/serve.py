@@ -5,7 +5,8 @@
 The demo's own path, nothing bench-specific: the run is loaded as the demo loads it (`pipelines.run_model`,
 LoRA adapters unmerged, eval mode, KV cache on as the generation config says), the prompt is built by
 `demo.inference.chat_input` (the run's chat template and system prompt) and answers stream through
-`demo.inference.stream_text` (`generate` with a `TextIteratorStreamer` in a worker thread), greedy, up to
+`demo.inference.stream_text` (`generate` with a `TextIteratorStreamer` on the demo's compute thread,
+`demo.compute`, which also loads the model here as in the demo), greedy, up to
 `NEW_TOKENS` new tokens. The user message is cut so that the whole templated prompt is `PROMPT_TOKENS` tokens.
 
 * time to first token: from the request to the first non-empty text piece the streamer yields (the streamer
@@ -107,12 +108,13 @@ def run(run_dir: Path) -> dict:
     """Load the run as the demo does and measure every dtype."""
     import torch
 
+    from demo import compute
     from demo.models import LoadedModel, model_bytes
     from pipelines.generation import generation_config
     from pipelines.recipe import GenerationSettings
     from pipelines.run_model import load_run_model
 
-    recipe, task, model, tokenizer = load_run_model(run_dir)
+    recipe, task, model, tokenizer = compute.run(load_run_model, run_dir)  # as the demo: see demo.compute
     loaded = LoadedModel(run_dir.name, 0, recipe, task, model, tokenizer, model_bytes(model))
     text, prompt_tokens = prompt_message(loaded, PROMPT_TOKENS)
     use_cache = generation_config(model, tokenizer, GenerationSettings(max_new_tokens=NEW_TOKENS)).use_cache
@@ -120,7 +122,7 @@ def run(run_dir: Path) -> dict:
            "kv_cache": bool(use_cache is not False), "threads": torch.get_num_threads(), "dtypes": {}}
 
     def in_process(dtype) -> None:
-        model.to(dtype)
+        compute.run(model.to, dtype)
         name = str(dtype).removeprefix("torch.")
         out["dtypes"][name] = measure(loaded, text)
         print(f"[bench] serving {name}: {out['dtypes'][name]['one_user']['ttft_s']:.2f} s to first token, "

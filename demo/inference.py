@@ -2,8 +2,8 @@
 
 Decoding settings go through `pipelines.generation.generation_config`, the path evaluation uses, so the demo
 decodes a run exactly as its scores were computed for the same settings. Streaming follows transformers'
-documented pattern: `model.generate(..., streamer=TextIteratorStreamer)` in a worker thread while the request
-thread reads text pieces from the streamer.
+documented pattern: `model.generate(..., streamer=TextIteratorStreamer)` on another thread (here the demo's one
+compute thread, `demo.compute`) while the request thread reads text pieces from the streamer.
 
 Functions here know nothing about Gradio: they raise `TuneforgeError` for bad input and return user-facing notes
 (e.g. "prompt truncated") for the UI to show.
@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
+from demo import compute
 from demo.models import LoadedModel
 from pipelines.checks import context_length
 from pipelines.errors import TuneforgeError
@@ -241,8 +242,7 @@ def stream_text(
             failure.append(exc)
             streamer.end()  # unblock the reader
 
-    worker = threading.Thread(target=work, name=f"generate-{loaded.key}", daemon=True)
-    worker.start()
+    job = compute.submit(work)
     text = shown = ""
     last = 0.0
     try:
@@ -255,7 +255,7 @@ def stream_text(
                     yield text
     finally:
         cancelled.set()  # a closed stream stops the worker at the next token
-    worker.join()
+    job.result()
     if failure:
         raise failure[0]
     if text != shown or not text:
@@ -263,6 +263,10 @@ def stream_text(
 
 
 def _generate_once(loaded: LoadedModel, kwargs: dict, adapter_off: bool) -> str:
+    return compute.run(_generate_blocking, loaded, kwargs, adapter_off)
+
+
+def _generate_blocking(loaded: LoadedModel, kwargs: dict, adapter_off: bool) -> str:
     with loaded.lock:
         with _adapter(loaded, adapter_off), torch.inference_mode():
             out = loaded.model.generate(**kwargs)
@@ -294,8 +298,12 @@ def label_probabilities(
     from pipelines.tasks import classification
 
     pairs = [pair] if pair else None
-    with loaded.lock, _adapter(loaded, adapter_off):
-        probs = classification.predict_proba(loaded.model, loaded.tokenizer, [text], text_pairs=pairs)[0]
+
+    def job():
+        with loaded.lock, _adapter(loaded, adapter_off):
+            return classification.predict_proba(loaded.model, loaded.tokenizer, [text], text_pairs=pairs)[0]
+
+    probs = compute.run(job)
     named = dict(zip(classification.label_names(loaded.model), probs.tolist(), strict=True))
     return dict(sorted(named.items(), key=lambda kv: -kv[1]))
 
@@ -327,10 +335,9 @@ def chat_stream(
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     kwargs = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "generation_config": gen_cfg,
               "streamer": streamer}
-    worker = threading.Thread(target=model.generate, kwargs=kwargs, daemon=True)
-    worker.start()
+    job = compute.submit(model.generate, **kwargs)
     text = ""
     for piece in streamer:
         text += piece
         yield text.strip()
-    worker.join()
+    job.result()

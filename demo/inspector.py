@@ -30,6 +30,7 @@ from demo.inspect_draw import (
     shift_table,
     token_table_html,
 )
+from demo import compute
 from demo.models import LoadedModel, base_is_adapters_off, run_version
 from demo.session import Session, shown_in_ui
 from pipelines import introspect
@@ -94,6 +95,7 @@ class Inspector:
     # 1. tokenization
 
     @shown_in_ui
+    @compute.on_compute
     def tokens(self, run: str, which: str, text: str) -> tuple[str, str]:
         """Tokens with ids and character spans (HTML), and the vocabulary / context-window summary (markdown)."""
         text = self.h.text(text, "text")
@@ -119,6 +121,7 @@ class Inspector:
         return token_table_html(text, tokens, shown), md
 
     @shown_in_ui
+    @compute.on_compute
     def ids_to_text(self, run: str, which: str, ids: str) -> str:
         """Token ids (separated by spaces or commas) -> text, special tokens kept."""
         if not ids or not ids.strip():
@@ -134,6 +137,7 @@ class Inspector:
     # 2. embeddings
 
     @shown_in_ui
+    @compute.on_compute
     def embeddings(self, run: str, which: str, word: str, a: str, b: str, c: str, k: int):
         """Nearest neighbours of `word` and the analogy a - b + c, by cosine in the input embedding matrix."""
         word = self.h.text(word, "word")
@@ -165,6 +169,7 @@ class Inspector:
         """Learned position embeddings beside the sinusoidal encoding of the same size, and their similarities."""
         return self._positions(run, which)
 
+    @compute.on_compute
     def _positions(self, run: str, which: str) -> tuple[np.ndarray, str]:
         key = (run, run_version(self.h.registry.run(run)), which)
         with self._lock:
@@ -208,6 +213,7 @@ class Inspector:
     # 4. attention
 
     @shown_in_ui
+    @compute.on_compute
     def attention(self, run: str, which: str, text: str, target: str | None, kind: str, layer: int, head: int,
                   average: bool) -> tuple[np.ndarray, str]:  # fmt: skip
         """One layer's attention weights (one head or their mean) as a query x key heatmap."""
@@ -254,6 +260,7 @@ class Inspector:
     # 5. next-token probabilities (class probabilities for classifiers)
 
     @shown_in_ui
+    @compute.on_compute
     def next_token(self, run: str, which: str, text: str, target: str | None, temperature: float, k: int,
                    steps: int) -> tuple[np.ndarray, str, str]:  # fmt: skip
         """Top-k next tokens at a temperature and a greedy continuation step by step; classifiers: classes."""
@@ -332,6 +339,7 @@ class Inspector:
         return future
 
     @shown_in_ui
+    @compute.on_compute
     def windows(self, run: str, which: str, row: int) -> tuple[str, str]:
         """A real passage of the run's test data cut into the windows its training reads, the label shift visible."""
         loaded = self.h.model(run, "inspect")

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from demo import compute
 from pipelines.errors import TuneforgeError
 from pipelines.recipe import Recipe
 from pipelines.run_model import load_run_model
@@ -280,12 +281,18 @@ class Registry:
             raise
 
     def _load(self, run: RunInfo, version: int) -> LoadedModel:
+        return compute.run(self._load_here, run, version)  # see demo.compute: one thread runs the models
+
+    def _load_here(self, run: RunInfo, version: int) -> LoadedModel:
         with _FROM_PRETRAINED:
             recipe, task, model, tokenizer = load_run_model(run.path)
         model.to(self.device)
         return LoadedModel(run.path.name, version, recipe, task, model, tokenizer, model_bytes(model))
 
     def _load_base(self, run: RunInfo, tuned: LoadedModel) -> LoadedModel:
+        return compute.run(self._load_base_here, run, tuned)
+
+    def _load_base_here(self, run: RunInfo, tuned: LoadedModel) -> LoadedModel:
         from transformers import AutoConfig
 
         from pipelines import modeling

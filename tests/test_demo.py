@@ -197,6 +197,30 @@ def test_side_by_side_of_a_classifier_lists_top_labels(client):
     assert len(base.split(" · ")) == 3 and base != tuned  # the base encoder with its untrained head
 
 
+def test_every_model_computation_runs_on_the_one_compute_thread(served, client):
+    # demo.compute: OpenMP helpers stop spinning once two threads have run parallel regions (decoding ~1.7x slower).
+    from demo import compute
+
+    registry = served[0].handlers.registry
+    keys = ["gpt-lora"] + (["cls-lora"] if has_task("classification") else [])
+    seen: set[int] = set()
+    hooks = [registry.finetuned(key).model.register_forward_pre_hook(lambda *_: seen.add(threading.get_ident()))
+             for key in keys]
+    try:
+        client.predict("gpt-lora", PROMPT, 0.0, 1.0, 4, api_name="/generate")  # streamed
+        client.predict("gpt-lora", PROMPT, 4, api_name="/side_by_side")  # the base: the same model, adapters off
+        client.predict("gpt-lora", "run", PROMPT, "", "self", 0, 0, False, api_name="/inspect_attention")
+        if "cls-lora" in keys:
+            client.predict("cls-lora", "cmd9 moves bytes quickly", "", api_name="/classify")
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert seen == {compute.run(threading.get_ident)}
+    assert compute.run(compute.run, lambda: 7) == 7  # a job that waits for a job runs it inline, no deadlock
+    with pytest.raises(ZeroDivisionError):
+        compute.run(lambda: 1 / 0)
+
+
 def test_bad_input_is_a_message_and_the_server_keeps_serving(served):
     app, client = served
     with pytest.raises(AppError, match="prompt: empty"):
