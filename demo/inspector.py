@@ -19,6 +19,7 @@ from concurrent.futures import Future
 import gradio as gr
 import numpy as np
 
+from demo import compute
 from demo.inspect_draw import (
     MAX_TABLE_TOKENS,
     NO_LOSS,
@@ -30,7 +31,6 @@ from demo.inspect_draw import (
     shift_table,
     token_table_html,
 )
-from demo import compute
 from demo.models import LoadedModel, base_is_adapters_off, run_version
 from demo.session import Session, shown_in_ui
 from pipelines import introspect
