@@ -26,15 +26,14 @@ from typing import TypeVar
 
 T = TypeVar("T")
 
-_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tuneforge-compute")
-_compute_thread: list[int] = []  # its ident, recorded by the first job
+_compute_thread: list[int] = []  # its ident, recorded when the thread starts (before its first job)
 
 
 def _mark() -> None:
     _compute_thread[:] = [threading.get_ident()]
 
 
-_executor.submit(_mark).result()
+_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tuneforge-compute", initializer=_mark)
 
 
 def on_compute_thread() -> bool:

@@ -262,11 +262,8 @@ def stream_text(
         yield text  # the whole answer (empty when the model ended at once)
 
 
+@compute.on_compute
 def _generate_once(loaded: LoadedModel, kwargs: dict, adapter_off: bool) -> str:
-    return compute.run(_generate_blocking, loaded, kwargs, adapter_off)
-
-
-def _generate_blocking(loaded: LoadedModel, kwargs: dict, adapter_off: bool) -> str:
     with loaded.lock:
         with _adapter(loaded, adapter_off), torch.inference_mode():
             out = loaded.model.generate(**kwargs)
@@ -284,6 +281,7 @@ def format_labels(probs: dict[str, float], top: int = 3) -> str:
     return " · ".join(f"{label} {p:.3f}" for label, p in list(probs.items())[:top])
 
 
+@compute.on_compute
 def label_probabilities(
     loaded: LoadedModel, text: str, pair: str | None = None, *, adapter_off: bool = False
 ) -> dict[str, float]:
@@ -298,12 +296,8 @@ def label_probabilities(
     from pipelines.tasks import classification
 
     pairs = [pair] if pair else None
-
-    def job():
-        with loaded.lock, _adapter(loaded, adapter_off):
-            return classification.predict_proba(loaded.model, loaded.tokenizer, [text], text_pairs=pairs)[0]
-
-    probs = compute.run(job)
+    with loaded.lock, _adapter(loaded, adapter_off):
+        probs = classification.predict_proba(loaded.model, loaded.tokenizer, [text], text_pairs=pairs)[0]
     named = dict(zip(classification.label_names(loaded.model), probs.tolist(), strict=True))
     return dict(sorted(named.items(), key=lambda kv: -kv[1]))
 

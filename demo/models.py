@@ -280,19 +280,15 @@ class Registry:
                 self.cache.drop(key)  # free the memory of a run that is gone
             raise
 
+    @compute.on_compute  # one thread runs the models (see demo.compute)
     def _load(self, run: RunInfo, version: int) -> LoadedModel:
-        return compute.run(self._load_here, run, version)  # see demo.compute: one thread runs the models
-
-    def _load_here(self, run: RunInfo, version: int) -> LoadedModel:
         with _FROM_PRETRAINED:
             recipe, task, model, tokenizer = load_run_model(run.path)
         model.to(self.device)
         return LoadedModel(run.path.name, version, recipe, task, model, tokenizer, model_bytes(model))
 
+    @compute.on_compute
     def _load_base(self, run: RunInfo, tuned: LoadedModel) -> LoadedModel:
-        return compute.run(self._load_base_here, run, tuned)
-
-    def _load_base_here(self, run: RunInfo, tuned: LoadedModel) -> LoadedModel:
         from transformers import AutoConfig
 
         from pipelines import modeling
