@@ -103,6 +103,24 @@ def shot(page, name: str):
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
 
+def test_an_idle_page_asks_for_at_most_a_few_frames_a_second(page):
+    # demo/page.py: Gradio's status tracker keeps a 60-frames-a-second loop running on every page once it started.
+    # This counter is installed before any page script, so it sees every frame the page asks the browser for.
+    context = page.context.browser.new_context(viewport={"width": 1280, "height": 900})
+    context.add_init_script("""(() => { window.__frames = 0; const request = window.requestAnimationFrame.bind(window);
+        window.requestAnimationFrame = (callback) => { window.__frames++; return request(callback); }; })()""")
+    idle = context.new_page()
+    idle.goto(page.url)
+    idle.locator("#header").wait_for()
+    rates = []  # frames per second, one-second windows, until the page's own load events are done
+    while len(rates) < 20 and (not rates or rates[-1] >= 10):
+        idle.evaluate("() => { window.__frames = 0; }")
+        idle.wait_for_timeout(1000)
+        rates.append(idle.evaluate("() => window.__frames"))
+    context.close()
+    assert rates[-1] < 10, rates  # 60 a second in every window without the script
+
+
 def test_generator_tab_streams_the_greedy_continuation(page, client):
     from playwright.sync_api import expect
 
