@@ -101,11 +101,13 @@ def serving_lines(serving: dict | None) -> list[str]:
         lines += ["", f"In the browser: failed ({web['error']})."]
     elif web:
         one, many = web["one_user"], web["concurrent"]
+        each = ", ".join(f"{r['tokens_per_s']:.2f}" for r in one["requests"])
         lines += ["", "In the browser (`bench/serve_browser.py`: the demo's Gradio server and its Chat tab in "
                   "headless Chromium, the same message, greedy, the model as the demo keeps it; times by the page's "
-                  "clock from the click on Send to the first and the last word on screen): 1 user "
-                  f"**{one['ttft_s']:.2f} s** to the first token, **{one['tokens_per_s']:.1f} tokens/s** streamed "
-                  f"(median of {len(one['requests'])}); {many['users']} users clicking Send together: first token "
+                  "clock from the click on Send to the first and the last word on screen): 1 user (their page the "
+                  f"only one open) **{one['ttft_s']:.2f} s** to the first token, **{one['tokens_per_s']:.1f} "
+                  f"tokens/s** streamed (median of {each}); {many['users']} users "
+                  "clicking Send together: first token "
                   f"{many['ttft_mean_s']:.2f} s mean / {many['ttft_max_s']:.2f} s max, "
                   f"{many['per_user_tokens_per_s']:.1f} tokens/s per user while answered (the demo answers one "
                   f"request per model at a time, so later users queue). Loading the model on the first request "
