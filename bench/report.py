@@ -322,10 +322,11 @@ What tuneforge does for speed (all in the shared loop and the task modules, noth
 - fused AdamW (one kernel per parameter; also `Trainer`'s default since transformers 5);
 - no KV cache while training (`config.use_cache` off in the loop, restored for saving and generation);
 - the causal LM and chat loss never hold all the logits (`pipelines/lm_loss.py`): the model runs up to the LM
-  head's input, then the head and the cross-entropy run on the positions that have a target only, ~341 tokens at
-  a time for a 49k vocabulary; when the step's logits would pass 256 MiB, each chunk runs under activation
-  checkpointing so the backward recomputes one chunk's logits at a time (no `[B, T, vocab]` tensor, no fp32 copy
-  of it; equal loss and gradients, tests/test_lm_loss.py).
+  head's input, then the head and the cross-entropy run fused on the positions that have a target only, ~341
+  tokens at a time for a 49k vocabulary (512 for the tiny GPT-2's 4k): each chunk's gradient (softmax - one-hot,
+  written over its logits) is turned into the head input's (and a training head's weight) gradient in the forward
+  pass, so no logits outlive their chunk and the backward recomputes nothing (no `[B, T, vocab]` tensor, no fp32
+  copy of it; equal loss and gradients, tests/test_lm_loss.py).
   For chat, the head runs only on assistant tokens, so tuneforge does less head work than the `6N` model FLOPs
   count; its MFU column counts the head at every position like the peers', which flatters tuneforge's chat MFU by
   the skipped share of the head (the tokens/s columns are unaffected);

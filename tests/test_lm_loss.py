@@ -123,3 +123,80 @@ def test_softcapped_models_keep_the_plain_loss():
     with torch.no_grad():
         nll, _ = next_token_losses(model, inputs, b["labels"])
         torch.testing.assert_close(nll, reference(model, b)[0])
+
+
+def head_case(bias: bool, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    head = torch.nn.Linear(16, 40, bias=bias)
+    with torch.no_grad():
+        head.weight.copy_(torch.randn(40, 16, generator=g))
+        if bias:
+            head.bias.copy_(torch.randn(40, generator=g))
+    hidden = torch.randn(23, 16, generator=g, requires_grad=True)
+    targets = torch.randint(0, 40, (23,), generator=g)
+    weights = torch.rand(23, generator=g) + 0.5  # per-token upstream gradients
+    return head, hidden, targets, weights
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("upstream", ["uniform", "per_token"])
+def test_fused_head_and_loss_equal_plain(bias, upstream):
+    """The fused nn.Linear head + loss (gradients made in the forward) gives the plain values and gradients, also
+    when the upstream gradient differs per token (its weight/bias gradients are then recomputed)."""
+    from pipelines.lm_loss import _LinearCrossEntropy, chunked_nll, fusable
+
+    head, hidden, targets, weights = head_case(bias)
+    scale = weights if upstream == "per_token" else torch.full_like(weights, 0.25)
+    assert fusable(head, hidden)
+    calls = []
+    original = _LinearCrossEntropy.forward
+    _LinearCrossEntropy.forward = staticmethod(lambda *a: calls.append(1) or original(*a))
+    try:
+        losses = chunked_nll(head, hidden, targets, chunk=5)  # 5 chunks, the last one of 3 rows
+    finally:
+        _LinearCrossEntropy.forward = staticmethod(original)
+    assert calls == [1]
+    (losses * scale).sum().backward()
+    fused = [hidden.grad, head.weight.grad] + ([head.bias.grad] if bias else [])
+    head.zero_grad(set_to_none=True)
+    hidden.grad = None
+    plain = torch.nn.functional.cross_entropy(head(hidden).float(), targets, reduction="none")
+    (plain * scale).sum().backward()
+    reference = [hidden.grad, head.weight.grad] + ([head.bias.grad] if bias else [])
+    torch.testing.assert_close(losses, plain.detach(), rtol=1e-6, atol=1e-5)
+    for got, want in zip(fused, reference, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_fused_loss_under_bf16_autocast_matches_plain_autocast():
+    from pipelines.lm_loss import chunked_nll
+
+    head, hidden, targets, _ = head_case(bias=False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = chunked_nll(head, hidden, targets, chunk=8)
+        losses.sum().backward()
+        fused = (losses.detach(), hidden.grad, head.weight.grad)
+        hidden.grad, head.weight.grad = None, None
+        plain = torch.nn.functional.cross_entropy(head(hidden).float(), targets, reduction="none")
+        plain.sum().backward()
+    assert losses.dtype == torch.float32 and hidden.grad.dtype == head.weight.grad.dtype == torch.float32
+    for got, want in zip(fused, (plain.detach(), hidden.grad, head.weight.grad), strict=True):
+        torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2)
+
+
+def test_hooked_or_wrapped_heads_are_not_fused():
+    """A head someone hooks (DeepSpeed ZeRO-3 gathers its weight in a pre-hook) or a subclass runs as a module."""
+    from pipelines.lm_loss import fusable
+
+    head, hidden, _, _ = head_case(bias=False)
+    assert fusable(head, hidden)
+    handle = head.register_forward_pre_hook(lambda m, a: None)
+    assert not fusable(head, hidden)
+    handle.remove()
+
+    class Scaled(torch.nn.Linear):
+        pass
+
+    assert not fusable(Scaled(16, 40), hidden)
+    head.weight.requires_grad_(False)
+    assert not fusable(head, hidden.detach())  # nothing to differentiate: the plain chunks run
