@@ -56,8 +56,11 @@ def profile_lines(profile: dict | None) -> list[str]:
     if "peak_rss_mb" in fp32 and "peak_rss_mb" in plain:
         drop = plain["peak_rss_mb"] - fp32["peak_rss_mb"]
         lines += ["", f"Chunked loss: peak RSS {fp32['peak_rss_mb']:.0f} MiB vs {plain['peak_rss_mb']:.0f} MiB with "
-                  f"all logits at once (**{drop:.0f} MiB less, {drop / plain['peak_rss_mb']:.0%}**), step time "
-                  f"{fp32['step_seconds'] / plain['step_seconds']:.2f}x the plain one."]
+                  f"all logits at once (**{abs(drop):.0f} MiB {'less' if drop >= 0 else 'more'}, "
+                  f"{abs(drop) / plain['peak_rss_mb']:.0%}**), step time "
+                  f"{fp32['step_seconds'] / plain['step_seconds']:.2f}x the plain one. One process's peak RSS "
+                  "varies run to run with where glibc's heap grows and trims (docs/smollm2.md), so one pair "
+                  "compares only roughly."]
     if "step_seconds" in fp32 and "step_seconds" in eager:
         lines += ["", f"Attention: SDPA {fp32['step_seconds']:.2f} s vs eager {eager['step_seconds']:.2f} s per step "
                   f"({eager['step_seconds'] / fp32['step_seconds']:.2f}x)."]
