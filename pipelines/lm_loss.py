@@ -40,10 +40,9 @@ IGNORE = -100
 # 341 tokens for SmolLM2's 49,152-token vocabulary, 2,048 for an 8k tiny GPT-2; large enough that the head's
 # matmul stays efficient, small enough that the step's peak is set by the activations, not the logits.
 CHUNK_ELEMENTS = 2**24
-# Checkpoint the chunks only when all the step's logits would exceed 2**26 elements (256 MiB fp32): recomputing
-# the head in backward costs one more head forward per target token (+50% head work), which only pays when the
-# logits are big. A tiny GPT-2 (8k vocabulary, 16 x 256 targets: 33M logits) keeps its chunks' logits for the
-# backward; SmolLM2 on 8 x 256 targets (100M logits, 400 MB) recomputes them.
+# Unfused chunks (hooked or wrapped heads) are checkpointed only when all the step's logits would exceed 2**26
+# elements (256 MiB fp32): recomputing the head in backward costs one more head forward per target token (+50% head
+# work), which only pays when the logits are big (SmolLM2 on 8 x 256 targets: 100M logits, 400 MB).
 RECOMPUTE_ABOVE = 2**26
 # Rows per chunk of the fused head + loss, at most: its work is 3 matmuls per chunk, and chunks of 512 rows ran the
 # tiny GPT-2's head + loss (4,096 rows, 4,096-token vocabulary) in 51-54 ms vs 58 ms as one chunk (the logits stay
