@@ -146,15 +146,13 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_h = torch.empty_like(hidden) if need_h else None
         grad_w = torch.zeros_like(weight, dtype=torch.float32) if need_w else None
         grad_b = torch.zeros_like(bias, dtype=torch.float32) if need_b else None
-        with torch.autocast(device, enabled=False):
-            w, b = weight.to(dtype), None if bias is None else bias.to(dtype)
-            for start in range(0, hidden.size(0), chunk):
-                rows = slice(start, start + chunk)
-                h = hidden[rows].to(dtype)
-                probs = _chunk_probs(h, w, b, targets[rows], losses[rows])
-                if need_h:
-                    grad_h[rows] = probs.to(dtype) @ w
-                _add_head_grads(grad_w, grad_b, probs, h)
+
+        def take(rows: slice, h: torch.Tensor, w: torch.Tensor, probs: torch.Tensor) -> None:
+            if need_h:
+                grad_h[rows] = probs.to(dtype) @ w
+            _add_head_grads(grad_w, grad_b, probs, h)
+
+        _for_each_chunk(hidden, weight, bias, targets, chunk, dtype, losses, take)
         ctx.chunk, ctx.dtype = chunk, dtype
         ctx.save_for_backward(hidden, weight, bias, targets, grad_h, grad_w, grad_b)
         return losses
@@ -168,12 +166,11 @@ class _LinearCrossEntropy(torch.autograd.Function):
         if g.numel() and not bool((g == g[0]).all()):  # per-token weights: recompute each chunk's G once
             grad_w, grad_b = _weighted_head_grads(ctx, hidden, weight, bias, targets, g, grad_w is not None,
                                                   grad_b is not None)
-            scale = None
-        else:
+        else:  # the same upstream gradient for every token: scale the gradients made in the forward
             scale = g[0] if g.numel() else 0.0
-        out_w = None if grad_w is None else (grad_w if scale is None else grad_w * scale).to(weight.dtype)
-        out_b = None if grad_b is None else (grad_b if scale is None else grad_b * scale).to(bias.dtype)
-        return out_h, out_w, out_b, None, None
+            grad_w, grad_b = (None if t is None else t * scale for t in (grad_w, grad_b))
+        return (out_h, None if grad_w is None else grad_w.to(weight.dtype),
+                None if grad_b is None else grad_b.to(bias.dtype), None, None)
 
 
 def _chunk_probs(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, y: torch.Tensor,
@@ -206,14 +203,27 @@ def _weighted_head_grads(ctx, hidden, weight, bias, targets, g, need_w: bool, ne
     grad_w = torch.zeros_like(weight, dtype=torch.float32) if need_w else None
     grad_b = torch.zeros_like(bias, dtype=torch.float32) if need_b else None
     scratch = torch.empty(hidden.size(0), dtype=torch.float32, device=hidden.device)
-    with torch.no_grad(), torch.autocast(hidden.device.type, enabled=False):
-        w, b = weight.to(ctx.dtype), None if bias is None else bias.to(ctx.dtype)
-        for start in range(0, hidden.size(0), ctx.chunk):
-            rows = slice(start, start + ctx.chunk)
-            h = hidden[rows].to(ctx.dtype)
-            probs = _chunk_probs(h, w, b, targets[rows], scratch[rows])
-            _add_head_grads(grad_w, grad_b, probs.mul_(g[rows, None]), h)
+
+    def take(rows: slice, h: torch.Tensor, w: torch.Tensor, probs: torch.Tensor) -> None:
+        _add_head_grads(grad_w, grad_b, probs.mul_(g[rows, None]), h)
+
+    with torch.no_grad():
+        _for_each_chunk(hidden, weight, bias, targets, ctx.chunk, ctx.dtype, scratch, take)
     return grad_w, grad_b
+
+
+def _for_each_chunk(hidden, weight, bias, targets, chunk: int, dtype: torch.dtype, losses: torch.Tensor,
+                    take: Callable[[slice, torch.Tensor, torch.Tensor, torch.Tensor], None]) -> None:
+    """Per chunk of `chunk` rows: its losses into `losses`, then `take(rows, h, w, G)` with h, w in `dtype`.
+
+    Autocast is off inside (the casts are explicit: matmuls in `dtype`, the softmax in fp32).
+    """
+    with torch.autocast(hidden.device.type, enabled=False):
+        w, b = weight.to(dtype), None if bias is None else bias.to(dtype)
+        for start in range(0, hidden.size(0), chunk):
+            rows = slice(start, start + chunk)
+            h = hidden[rows].to(dtype)
+            take(rows, h, w, _chunk_probs(h, w, b, targets[rows], losses[rows]))
 
 
 def next_token_losses(model, inputs: dict[str, torch.Tensor], labels: torch.Tensor,
