@@ -62,6 +62,12 @@ WEAK_STRUCTURE = (
 # -- handlers -------------------------------------------------------------------------------------------------------
 
 
+def _index_slider(count: int) -> dict:
+    """A layer/head slider over 0..count-1. Gradio refuses a slider whose minimum equals its maximum (ValueError),
+    so a model with one layer or one head gets 0..1, locked at 0."""
+    return gr.update(maximum=max(count - 1, 1), value=0, interactive=count > 1)
+
+
 class Inspector:
     """What the Inspect tab does, over the app's runs and model cache.
 
@@ -406,8 +412,7 @@ class Inspector:
         if loaded.task.trains_on_windows:
             self._test_split(run)  # prefetch: the windows view is then instant
         threading.Thread(target=self._draw_ahead, args=(run,), name=f"inspect-positions-{run}", daemon=True).start()
-        return (gr.update(choices=kinds, value=kinds[0]), gr.update(maximum=max(layers - 1, 0), value=0),
-                gr.update(maximum=max(heads - 1, 0), value=0))  # fmt: skip
+        return gr.update(choices=kinds, value=kinds[0]), _index_slider(layers), _index_slider(heads)
 
 
     def _draw_ahead(self, run: str) -> None:

@@ -5,6 +5,7 @@ and `gradio_client` calls every tab's endpoint. Outputs are checked against the 
 
 from __future__ import annotations
 
+import asyncio
 import html
 import json
 import re
@@ -416,6 +417,21 @@ def test_inspect_views_of_a_bart_run(client, runs_root):
     assert note.startswith("Does not apply")
     picture, note = client.predict("bart-summarize", "base", api_name="/inspect_positions")
     assert _png(picture) and "the encoder's table" in note
+
+
+def test_inspect_controls_fit_each_runs_layers_and_heads(served):
+    # Picking a run sets the attention kinds and the layer/head sliders; Gradio rebuilds each slider from the
+    # update and refuses minimum == maximum, which a one-layer model (the tiny BART here) used to produce.
+    from gradio.state_holder import SessionState
+
+    app, _ = served
+    controls = next(f for f in app.fns.values() if getattr(f.fn, "__name__", "") == "controls")
+    wanted = {"bart-denoise": (["encoder", "decoder", "cross"], 1, 1, False), "gpt-lora": (["self"], 1, 1, True)}
+    for run, (kinds, layer_max, head_max, layers_move) in wanted.items():
+        kind, layer, head = asyncio.run(app.postprocess_data(controls, list(controls.fn(run)), SessionState(app)))
+        assert [c[0] for c in kind["choices"]] == kinds and kind["value"] == kinds[0]
+        assert (layer["maximum"], layer["value"], layer["interactive"]) == (layer_max, 0, layers_move)
+        assert (head["maximum"], head["value"], head["interactive"]) == (head_max, 0, True)
 
 
 def test_inspect_views_of_a_classifier_run(client, runs_root):

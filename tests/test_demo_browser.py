@@ -64,9 +64,10 @@ def client(app_url):
 
 @pytest.fixture(scope="module")
 def page(app_url):
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    expect.set_options(timeout=TIMEOUT_MS)  # `expect` keeps its own 5 s default: a CI run once needed more
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1280, "height": 900})
@@ -250,9 +251,15 @@ def test_inspect_tab_shows_a_token_table_and_heatmaps(page, client):
     text = "cmd7 - lists files"
     table, _ = client.predict("gpt-lora", "run", text, api_name="/inspect_tokens")
     rows = len(re.findall(r"<tr><td>\d+</td>", table))
+    close_toasts(page)
     open_tab(page, "Inspect")
+    pick_run(page, "inspect", "bart-denoise")  # one layer: the slider stays at 0 (Gradio refuses a 0..0 slider)
+    expect(page.locator("#inspect-layer input[type=range]")).to_be_disabled()
+    expect(page.locator("#inspect-kind input")).to_have_value("encoder")
     pick_run(page, "inspect", "gpt-lora")
+    expect(page.locator("#inspect-layer input[type=range]")).to_be_enabled()
     expect(page.locator("#inspect-layer input[type=range]")).to_have_attribute("max", "1")  # the run's 2 layers
+    expect(page.locator(".toast-body.error")).to_have_count(0)
     page.locator("#inspect-text textarea").fill(text)
     page.locator("#inspect-tokens-go").click()
     expect(page.locator("#inspect-token-table tbody tr")).to_have_count(rows)
