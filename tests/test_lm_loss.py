@@ -200,3 +200,48 @@ def test_hooked_or_wrapped_heads_are_not_fused():
     assert not fusable(Scaled(16, 40), hidden)
     head.weight.requires_grad_(False)
     assert not fusable(head, hidden.detach())  # nothing to differentiate: the plain chunks run
+
+
+def test_the_loop_and_the_scorer_run_the_head_under_the_runs_autocast(monkeypatch):
+    # Accelerate autocasts the model's forward only; the chunked head and loss run after it, so the training loop and
+    # the scorer enter the run's autocast themselves: under bf16 the head's matmuls run in bf16 like the model's.
+    import datasets
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    from pipelines import flops, lm_loss
+    from pipelines.loop import accumulate_gradients
+    from pipelines.meter import Meter
+    from pipelines.scoring import ScoreContext, example_losses
+    from pipelines.tasks import causal_lm
+
+    dtypes = []
+    fused = lm_loss._for_each_chunk
+
+    def spy(hidden, weight, bias, targets, chunk, dtype, *rest):
+        dtypes.append(dtype)
+        return fused(hidden, weight, bias, targets, chunk, dtype, *rest)
+
+    monkeypatch.setattr(lm_loss, "_for_each_chunk", spy)
+    b = batch()
+    rows = [(ids[m == 1].tolist(), lab[m == 1].tolist()) for ids, m, lab in
+            zip(b["input_ids"], b["attention_mask"], b["labels"], strict=True)]  # fmt: skip
+    features = datasets.Dataset.from_dict({"input_ids": [r[0] for r in rows], "labels": [r[1] for r in rows],
+                                           "length": [len(r[0]) for r in rows]})  # fmt: skip
+    for precision, want in (("bf16", torch.bfloat16), ("no", torch.float32)):
+        AcceleratorState._reset_state(True)
+        try:
+            accelerator = Accelerator(cpu=True, mixed_precision=precision)
+            model = accelerator.prepare(tiny("gpt2").train())
+            dtypes.clear()
+            accumulate_gradients(causal_lm, model, accelerator, [b], Meter(), flops.flop_spec(model),
+                                 torch.zeros(2, dtype=torch.float64))  # fmt: skip
+            assert dtypes == [want]  # the fused head + loss while training
+            scored = []
+            model.lm_head.register_forward_hook(lambda module, args, out, seen=scored: seen.append(out.dtype))
+            ctx = ScoreContext(accelerator=accelerator, model=model, tokenizer=type("T", (), {"pad_token_id": 0}),
+                               recipe=None, rows=features, features=features, task=causal_lm)  # fmt: skip
+            nll, count = example_losses(ctx)
+            assert set(scored) == {want} and count.tolist() == [int(n) for n in reference(tiny("gpt2"), b)[1]]
+        finally:
+            AcceleratorState._reset_state(True)
