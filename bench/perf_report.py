@@ -16,21 +16,32 @@ def bf16_lines(summary: dict) -> list[str]:
 
 
 def ceiling_lines(summary: dict) -> list[str]:
-    """What MFU the family's model shapes allow (`bench.ceiling`), next to the MFU tuneforge reached."""
-    c, tf = summary.get("shape_ceiling"), summary["configs"].get("tuneforge", {}).get("mean")
-    if not c or not tf:
-        return []
-    step_flops = tf["model_flops"] / summary["work"]["steps"]
-    rate = tf["matmul_flops_per_s"]
-    ceiling = step_flops / (c["matmul_seconds"] + c["attention_seconds"]) / rate
-    return ["", f"MFU ceiling of this model's shapes (`bench/ceiling.py`, timed in the tuneforge process): its weight "
-            f"matmuls alone (forward and both gradients, {summary['work']['global_batch']} x "
-            f"{summary['work']['max_length']} tokens) run at {c['matmul_flops_per_s'] / 1e9:.0f} GFLOP/s, "
-            f"**{c['matmul_flops_per_s'] / rate:.0%}** of the large-matmul rate ({rate / 1e9:.0f} GFLOP/s), and "
-            f"{c['layers']} layers of causal attention ({c['heads']} heads of {c['head_dim']}) forward and backward "
-            f"take {c['attention_seconds'] * 1e3:.0f} ms per step: a step whose every other operator took no time "
-            f"would reach **{ceiling:.1%}** MFU; tuneforge's steps reach {tf['mfu']:.1%} "
-            f"({tf['mfu'] / ceiling:.0%} of that ceiling)."]
+    """What MFU the family's model shapes allow (`bench.ceiling`), next to the MFU tuneforge reached; one paragraph
+    per configuration measured (fp32, and bf16 autocast against a bf16 matmul)."""
+    from bench.report import LABELS
+
+    lines = []
+    work = summary["work"]
+    matmuls = "frozen: forward and input gradient; LoRA A, B: all three" if work.get("lora") else \
+        "forward and both gradients"
+    for config, c in summary.get("shape_ceilings", {}).items():
+        tf = summary["configs"].get(config, {}).get("mean")
+        if not tf:
+            continue
+        step_flops = tf["model_flops"] / work["steps"]
+        rate = tf["matmul_flops_per_s"]
+        ceiling = step_flops / (c["matmul_seconds"] + c["attention_seconds"]) / rate
+        precision = "bf16" if c.get("dtype") == "bfloat16" else "fp32"
+        lines += ["", f"MFU ceiling of this model's shapes in {precision} (`bench/ceiling.py`, timed in the "
+                  f"{LABELS.get(config, config)} process): its weight matmuls alone ({matmuls}, "
+                  f"{work['global_batch']} x {work['max_length']} tokens) run at "
+                  f"{c['matmul_flops_per_s'] / 1e9:.0f} GFLOP/s, **{c['matmul_flops_per_s'] / rate:.0%}** of the "
+                  f"large {precision} matmul rate ({rate / 1e9:.0f} GFLOP/s), and {c['layers']} layers of causal "
+                  f"attention ({c['heads']} heads of {c['head_dim']}) forward and backward take "
+                  f"{c['attention_seconds'] * 1e3:.0f} ms per step: a step whose every other operator took no time "
+                  f"would reach **{ceiling:.1%}** MFU; its steps reach {tf['mfu']:.1%} ({tf['mfu'] / ceiling:.0%} "
+                  f"of that ceiling)."]
+    return lines
 
 
 def profile_lines(profile: dict | None) -> list[str]:

@@ -75,9 +75,9 @@ def summarize(family: Family, runs: list[dict]) -> dict:
             "learning_rate": family.learning_rate, "data": family.data,
             "task_section": family.task_section, "lora": family.lora, "base": family.base,
             "one_epoch": family.one_epoch}
-    ceilings = [r["shape_ceiling"] for r in runs if r["config"] == "tuneforge" and "shape_ceiling" in r]
+    ceilings = {r["config"]: r["shape_ceiling"] for r in runs if "shape_ceiling" in r}  # per config: its last repeat
     return {"title": family.title, "work": work, "configs": configs, "ratios": ratios,
-            **({"shape_ceiling": ceilings[0]} if ceilings else {})}
+            **({"shape_ceilings": ceilings} if ceilings else {})}
 
 
 def targets(result: dict) -> list[dict]:

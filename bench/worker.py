@@ -337,13 +337,16 @@ def main(argv: list[str] | None = None) -> int:
     # MFU reference: a large matmul in the precision the run computed in, timed in this process after training.
     result["matmul_flops_per_s"] = matmul_flops_per_s("cpu", dtype, budget_s=PROBE_BUDGET_S)
     result["precision"] = "bf16" if dtype == torch.bfloat16 else "fp32"
-    if args.family == "causal_lm" and args.config == "tuneforge":  # what MFU this model's own shapes allow
+    # What MFU this model's own shapes allow, in the run's precision: the targets that ask for an MFU.
+    if (args.family, args.config) in {("causal_lm", "tuneforge"), ("chat", "tuneforge"), ("chat", "tuneforge_bf16")}:
         from transformers import AutoConfig
 
         from bench import ceiling
+        from pipelines.modeling import resolve_base
 
-        result["shape_ceiling"] = ceiling.measure(AutoConfig.from_pretrained(base_path(family, args.work)),
-                                                  family.batch, family.max_length)
+        config = AutoConfig.from_pretrained(resolve_base(base_path(family, args.work)))
+        rank = family.lora["r"] if family.lora else None
+        result["shape_ceiling"] = ceiling.measure(config, family.batch, family.max_length, dtype, rank)
     result.update(family=args.family, config=args.config, steps=family.steps, batch=family.batch,
                   threads=torch.get_num_threads())
     args.out.parent.mkdir(parents=True, exist_ok=True)

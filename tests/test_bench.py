@@ -184,14 +184,23 @@ def test_shape_ceiling_counts_every_weight_matmul_and_enters_the_report():
     per_token = 2 * 64 * (192 + 64 + 256 + 256) + 64 * 512
     assert c["matmul_flops"] == 6 * 64 * per_token
     assert (c["layers"], c["heads"], c["head_dim"]) == (2, 4, 16)
-    assert c["matmul_seconds"] > 0 and c["attention_seconds"] > 0
-    family = dataclasses.replace(FAMILIES["causal_lm"], steps=4)
+    assert c["matmul_seconds"] > 0 and c["attention_seconds"] > 0 and c["dtype"] == "float32"
+    # LoRA r=4 in bf16: the frozen weights forward and input gradient (4 N), A and B of every linear but the head
+    lora = ceiling.measure(config, batch=2, seq_len=32, dtype=torch.bfloat16, lora_rank=4)
+    adapters = 2 * 4 * ((64 + 192) + (64 + 64) + (64 + 256) + (256 + 64))
+    assert lora["matmul_flops"] == 4 * 64 * per_token + 6 * 64 * adapters and lora["dtype"] == "bfloat16"
+    family = dataclasses.replace(FAMILIES["chat"], steps=4)  # the family with a bf16 configuration
     runs = [{**_run("tuneforge", 10, 1000, 1000, 2.0), "shape_ceiling": {**c, "matmul_seconds": 0.3,
-                                                                         "attention_seconds": 0.1}}]
+                                                                         "attention_seconds": 0.1}},
+            {**_run("tuneforge_bf16", 5, 1000, 1000, 2.0), "shape_ceiling": {**lora, "matmul_seconds": 0.1,
+                                                                              "attention_seconds": 0.1}}]  # fmt: skip
     summary = summarize(family, runs)
-    line = " ".join(ceiling_lines(summary))
+    fp32, bf16 = (" ".join(ceiling_lines(summary)).split("MFU ceiling")[1:])
     # 2e9 model FLOPs / 4 steps = 5e8 per step over 0.4 s = 1.25e9 FLOP/s, 125% of the 1e9 matmul rate
-    assert "would reach **125.0%** MFU" in line and "reach 20.0% (16% of that ceiling)" in line
+    assert "in fp32" in fp32 and "would reach **125.0%** MFU" in fp32 and "reach 20.0% (16% of that ceiling)" in fp32
+    # the bf16 run: 5e8 per step over 0.2 s = 250%; it reached 2e9 / 5 s / 1e9 = 40% (16% of that)
+    assert "in bf16" in bf16 and "tuneforge, bf16 autocast process" in bf16 and "**250.0%**" in bf16
+    assert "reach 40.0% (16% of that ceiling)" in bf16
 
 
 # ---------------------------------------------------------------------------------------------------------------
