@@ -302,8 +302,9 @@ and input gradient, no weight gradient) and the adapters `6 N_trainable`. Encode
 weights per source token, decoder weights per target token and cross-attention over the source
 (`pipelines/flops.py`). **MFU** is model FLOPs per training second divided by the FLOP/s of a large fp32 matmul
 timed in the same process right after training (`pipelines.flops.matmul_flops_per_s`). **Peak RSS** is the
-process's `ru_maxrss`. **Final train loss** is the framework's own logged mean over the last quarter of the steps;
-**held-out loss** scores every trained model with the same code on the same 128 validation rows (mean nats per
+process's `ru_maxrss` after training and held-out scoring (read before that probe and the shape ceiling, which
+allocate their own matrices). **Final train loss** is the framework's own logged mean over the last quarter of the
+steps; **held-out loss** scores every trained model with the same code on the same 128 validation rows (mean nats per
 target token), the check that faster training trained the same. Repeat r shuffles the data with seed r, so the
 spread of a configuration's held-out loss over repeats is the data-order noise; a loss difference counts as
 "within noise" when it is at most the larger spread of the two configurations (and at least 1% of the loss).

@@ -151,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
                 [family.name, config, "--work", str(work), "--out", str(out), "--name", name, "--scale",
                  str(args.scale), "--seed", str(rep)], work / "logs" / f"{name}.log")
             run = json.loads(out.read_text()) if code == 0 and out.is_file() else {"error": f"exit {code}"}
+            rss = run.get("peak_rss_mb", rss)  # the worker's own figure stops before its MFU probes
             run.update(config=config, rep=rep, process_wall_seconds=wall, peak_rss_mb=rss,
                        load_average=os.getloadavg())
             runs.append(run)

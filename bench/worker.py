@@ -24,6 +24,7 @@ import argparse
 import dataclasses
 import json
 import os
+import resource
 import time
 from pathlib import Path
 
@@ -334,6 +335,8 @@ def main(argv: list[str] | None = None) -> int:
         result = run_trainer_chat(family, args.work, name, speed=args.config == "trainer_speed")
     else:
         result = run_trainer(family, args.work, name, speed=args.config == "trainer_speed")
+    # Peak memory of training and scoring, before the probes below allocate their own matrices.
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     # MFU reference: a large matmul in the precision the run computed in, timed in this process after training.
     result["matmul_flops_per_s"] = matmul_flops_per_s("cpu", dtype, budget_s=PROBE_BUDGET_S)
     result["precision"] = "bf16" if dtype == torch.bfloat16 else "fp32"
