@@ -255,6 +255,8 @@ def next_token_losses(model, inputs: dict[str, torch.Tensor], labels: torch.Tens
     def take_hidden(module, args, kwargs):
         hidden = args[0] if args else kwargs.pop("input")
         captured["hidden"] = hidden
+        device = hidden.device.type  # the forward's autocast (Accelerate wraps only the forward): the head's too
+        captured["autocast"] = torch.is_autocast_enabled(device), torch.get_autocast_dtype(device)
         # The model's own head call computes nothing: an empty slice of positions, [B, 0, H] -> [B, 0, vocab].
         return (hidden[:, :0], *args[1:]), kwargs
 
@@ -266,8 +268,10 @@ def next_token_losses(model, inputs: dict[str, torch.Tensor], labels: torch.Tens
     hidden = captured["hidden"]  # [B, T, H]
     rows, cols = torch.nonzero(targets != IGNORE, as_tuple=True)
     vocab = vocab_rows(head, model)
-    per_token = chunked_nll(head, hidden[rows, cols], targets[rows, cols], max(1, chunk_elements // vocab),
-                            recompute=rows.numel() * vocab > recompute_above)
+    enabled, dtype = captured["autocast"]
+    with torch.autocast(hidden.device.type, dtype=dtype, enabled=enabled):  # as the model's own head call would
+        per_token = chunked_nll(head, hidden[rows, cols], targets[rows, cols], max(1, chunk_elements // vocab),
+                                recompute=rows.numel() * vocab > recompute_above)
     nll = torch.zeros(labels.size(0), dtype=torch.float32, device=per_token.device).index_add(0, rows, per_token)
     # + 0 x the model's (empty) output: the loss then also flows through what the wrapped forward returned, so
     # wrappers that hook their outputs for the backward pass (FSDP's pre-backward hooks) still see it.

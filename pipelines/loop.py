@@ -298,10 +298,7 @@ def accumulate_gradients(task, model, accelerator: Accelerator, micro: list[dict
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         sync = accelerator.no_sync(model) if i < len(micro) - 1 else contextlib.nullcontext()
         with sync, seeded_rng(None if seeds is None else seeds[i], device):
-            # The whole loss under the run's autocast, not only the model's forward (which Accelerate wraps): the
-            # chunked LM head runs after the forward, and in bf16 its matmuls run ~4x faster on a CPU with AMX.
-            with accelerator.autocast():
-                nll, _ = task.loss(model, batch)
+            nll, _ = task.loss(model, batch)
             total = nll.sum()
             accelerator.backward(total * accelerator.num_processes / global_targets)
         log_sums[0] += total.detach().double()

@@ -106,8 +106,7 @@ def example_losses(ctx: ScoreContext, features: datasets.Dataset | None = None) 
     ctx.model.eval()
     sums, counts = [], []
     for batch in loader:
-        with ctx.accelerator.autocast():  # as in training: the LM head runs after the forward Accelerate wraps
-            nll, n = ctx.task.loss(ctx.model, batch)
+        nll, n = ctx.task.loss(ctx.model, batch)
         nll, n = ctx.accelerator.gather_for_metrics((nll.double(), n))
         sums.append(nll.cpu())
         counts.append(n.cpu())

@@ -203,8 +203,8 @@ def test_hooked_or_wrapped_heads_are_not_fused():
 
 
 def test_the_loop_and_the_scorer_run_the_head_under_the_runs_autocast(monkeypatch):
-    # Accelerate autocasts the model's forward only; the chunked head and loss run after it, so the training loop and
-    # the scorer enter the run's autocast themselves: under bf16 the head's matmuls run in bf16 like the model's.
+    # Accelerate autocasts the model's forward only; the chunked head and loss run after it, under the autocast the
+    # forward ran in (read where the head's input is captured): under bf16 the head computes in bf16 like the model.
     import datasets
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
